@@ -1,0 +1,2 @@
+//! Prints a few catalog entries.
+fn main() {}

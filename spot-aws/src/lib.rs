@@ -1,0 +1,1 @@
+//! spot-aws (being written).

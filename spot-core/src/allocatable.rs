@@ -1,0 +1,4 @@
+//! Allocatable model (being written).
+/// The model.
+#[derive(Debug, Clone, Default)]
+pub struct AllocatableModel;

@@ -1,0 +1,4 @@
+//! Catalog (being written).
+/// The catalog.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog;

@@ -1,0 +1,1 @@
+//! Well-known labels (being written).

@@ -1,0 +1,230 @@
+//! The node-action seam: what a handler or provisioner does to a Kubernetes node.
+//!
+//! `spot-k8s` implements [`NodeActions`] over kube-rs; tests and simulations can implement it
+//! in memory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Errors of node actions.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node does not exist.
+    #[error("node {0:?} not found")]
+    NodeNotFound(String),
+    /// A taint effect other than the three Kubernetes knows.
+    #[error("invalid taint effect {0:?}: expected NoSchedule, PreferNoSchedule or NoExecute")]
+    TaintEffect(String),
+    /// The API server refused or failed the request.
+    #[error("{action} on node {node:?} failed: {message}")]
+    Api {
+        /// The action (`cordon`, `taint`, ...).
+        action: &'static str,
+        /// The node.
+        node: String,
+        /// What the API server said.
+        message: String,
+    },
+    /// The drain did not finish before its deadline.
+    #[error("drain of node {node:?} timed out with {} pod(s) remaining: {}", remaining.len(), remaining.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "))]
+    DrainTimeout {
+        /// The node.
+        node: String,
+        /// The pods still on it.
+        remaining: Vec<PodRef>,
+    },
+}
+
+/// The effect of a taint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaintEffect {
+    /// New pods are not scheduled.
+    NoSchedule,
+    /// The scheduler avoids the node.
+    PreferNoSchedule,
+    /// Running pods without a toleration are evicted.
+    NoExecute,
+}
+
+impl TaintEffect {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+impl fmt::Display for TaintEffect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaintEffect {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "NoSchedule" => Ok(TaintEffect::NoSchedule),
+            "PreferNoSchedule" => Ok(TaintEffect::PreferNoSchedule),
+            "NoExecute" => Ok(TaintEffect::NoExecute),
+            other => Err(Error::TaintEffect(other.to_owned())),
+        }
+    }
+}
+
+/// A node taint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Taint {
+    /// The key, such as `aws-node-termination-handler/spot-itn`.
+    pub key: String,
+    /// The value (NTH puts the event id there).
+    pub value: Option<String>,
+    /// The effect.
+    pub effect: TaintEffect,
+}
+
+impl Taint {
+    /// A taint with a value.
+    pub fn new(key: impl Into<String>, value: impl Into<String>, effect: TaintEffect) -> Self {
+        Taint { key: key.into(), value: Some(value.into()), effect }
+    }
+
+    /// Whether two taints are the same slot on a node (Kubernetes identifies a taint by key
+    /// and effect).
+    pub fn same_slot(&self, other: &Taint) -> bool {
+        self.key == other.key && self.effect == other.effect
+    }
+}
+
+/// A namespaced pod name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How to drain a node. The defaults follow `kubectl drain --ignore-daemonsets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainOptions {
+    /// Give up (or force) after this long.
+    pub timeout: Duration,
+    /// Leave DaemonSet pods on the node (they would be recreated anyway).
+    pub ignore_daemonsets: bool,
+    /// Evict pods with emptyDir volumes (their data is lost).
+    pub delete_emptydir_data: bool,
+    /// Override each pod's termination grace period, in seconds.
+    pub grace_period_seconds: Option<i64>,
+    /// At the deadline, delete the remaining pods instead of reporting a timeout.
+    pub force_at_deadline: bool,
+    /// A pod never to evict (the handler's own pod).
+    pub skip_pod: Option<PodRef>,
+    /// First wait after a 429 (PodDisruptionBudget) before retrying an eviction; doubles up
+    /// to 8 times this.
+    pub eviction_retry: Duration,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        DrainOptions {
+            timeout: Duration::from_secs(120),
+            ignore_daemonsets: true,
+            delete_emptydir_data: true,
+            grace_period_seconds: None,
+            force_at_deadline: false,
+            skip_pod: None,
+            eviction_retry: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Pods evicted (or already gone).
+    pub evicted: Vec<PodRef>,
+    /// Pods left alone on purpose (mirror, DaemonSet, own pod, already terminating).
+    pub skipped: Vec<PodRef>,
+    /// Pods deleted by the force escalation at the deadline.
+    pub forced: Vec<PodRef>,
+    /// How many evictions a PodDisruptionBudget refused (and were retried).
+    pub pdb_retries: u32,
+}
+
+/// Label or annotation changes: `Some(value)` sets, `None` removes.
+pub type MetadataPatch = BTreeMap<String, Option<String>>;
+
+/// Actions on a Kubernetes node.
+#[async_trait]
+pub trait NodeActions: Send + Sync {
+    /// Marks the node unschedulable. Idempotent.
+    async fn cordon(&self, node: &str) -> Result<(), Error>;
+
+    /// Marks the node schedulable again. Idempotent.
+    async fn uncordon(&self, node: &str) -> Result<(), Error>;
+
+    /// Adds (or updates the value of) a taint without touching any other taint. Returns
+    /// whether the node changed.
+    async fn taint(&self, node: &str, taint: &Taint) -> Result<bool, Error>;
+
+    /// Removes the taint with this key and effect, leaving every other taint. Returns whether
+    /// the node changed.
+    async fn untaint(&self, node: &str, key: &str, effect: TaintEffect) -> Result<bool, Error>;
+
+    /// Sets or removes labels.
+    async fn label(&self, node: &str, labels: &MetadataPatch) -> Result<(), Error>;
+
+    /// Sets or removes annotations.
+    async fn annotate(&self, node: &str, annotations: &MetadataPatch) -> Result<(), Error>;
+
+    /// Reads the node's annotations (where handlers record their progress).
+    async fn annotations(&self, node: &str) -> Result<BTreeMap<String, String>, Error>;
+
+    /// Evicts the node's pods and waits until they are gone.
+    async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taint_effect_parse() {
+        assert_eq!("NoExecute".parse::<TaintEffect>().unwrap(), TaintEffect::NoExecute);
+        let err = "noschedule".parse::<TaintEffect>().unwrap_err();
+        assert!(err.to_string().contains("\"noschedule\""));
+    }
+
+    #[test]
+    fn drain_timeout_names_the_pods() {
+        let err = Error::DrainTimeout {
+            node: "n1".into(),
+            remaining: vec![PodRef { namespace: "default".into(), name: "web-1".into() }],
+        };
+        assert_eq!(err.to_string(), "drain of node \"n1\" timed out with 1 pod(s) remaining: default/web-1");
+    }
+
+    #[test]
+    fn same_slot_ignores_value() {
+        let a = Taint::new("k", "1", TaintEffect::NoSchedule);
+        let b = Taint::new("k", "2", TaintEffect::NoSchedule);
+        let c = Taint::new("k", "1", TaintEffect::NoExecute);
+        assert!(a.same_slot(&b));
+        assert!(!a.same_slot(&c));
+    }
+}

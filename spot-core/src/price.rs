@@ -1,0 +1,3 @@
+//! Prices (being written).
+/// A price source.
+pub trait PriceSource {}

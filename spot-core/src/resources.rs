@@ -1,0 +1,4 @@
+//! Resources (being written).
+/// A resource vector.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources;

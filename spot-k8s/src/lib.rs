@@ -1,0 +1,1 @@
+//! spot-k8s (being written).

@@ -1,0 +1,1 @@
+//! spot-provisioner (being written).
