@@ -166,6 +166,25 @@ pub struct DrainReport {
     pub pdb_retries: u32,
 }
 
+/// What handlers need to know about a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// The node's name.
+    pub name: String,
+    /// `spec.unschedulable`.
+    pub unschedulable: bool,
+    /// `spec.taints`.
+    pub taints: Vec<Taint>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Whether the `Ready` condition is `True`.
+    pub ready: bool,
+    /// `spec.providerID`, when set.
+    pub provider_id: Option<String>,
+}
+
 /// Label or annotation changes: `Some(value)` sets, `None` removes.
 pub type MetadataPatch = BTreeMap<String, Option<String>>;
 
@@ -192,8 +211,8 @@ pub trait NodeActions: Send + Sync {
     /// Sets or removes annotations.
     async fn annotate(&self, node: &str, annotations: &MetadataPatch) -> Result<(), Error>;
 
-    /// Reads the node's annotations (where handlers record their progress).
-    async fn annotations(&self, node: &str) -> Result<BTreeMap<String, String>, Error>;
+    /// Reads the node's current state (handlers record their progress in its annotations).
+    async fn get(&self, node: &str) -> Result<NodeState, Error>;
 
     /// Evicts the node's pods and waits until they are gone.
     async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error>;
