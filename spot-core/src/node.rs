@@ -218,9 +218,184 @@ pub trait NodeActions: Send + Sync {
     async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error>;
 }
 
+/// One recorded call on a [`MemoryNodes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `cordon(node)`.
+    Cordon(String),
+    /// `uncordon(node)`.
+    Uncordon(String),
+    /// `taint(node, taint)`.
+    Taint(String, Taint),
+    /// `untaint(node, key)`.
+    Untaint(String, String),
+    /// `label(node, patch)`.
+    Label(String, MetadataPatch),
+    /// `annotate(node, patch)`.
+    Annotate(String, MetadataPatch),
+    /// `drain(node)`.
+    Drain(String),
+}
+
+/// In-memory nodes implementing [`NodeActions`], for tests and simulations. Every mutating
+/// call is recorded; drains move the node's pods to the evicted list.
+#[derive(Debug, Default)]
+pub struct MemoryNodes {
+    inner: std::sync::Mutex<MemoryNodesInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryNodesInner {
+    nodes: BTreeMap<String, NodeState>,
+    pods: BTreeMap<String, Vec<PodRef>>,
+    calls: Vec<Call>,
+    fail_drains: BTreeMap<String, u32>,
+}
+
+impl MemoryNodes {
+    /// No nodes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a Ready, schedulable node with `pods` pods named `<node>-pod-<i>` in `default`.
+    pub fn add_node(&self, name: &str, pods: usize) {
+        let mut inner = self.lock();
+        inner.nodes.insert(name.to_owned(), NodeState { name: name.to_owned(), ready: true, ..NodeState::default() });
+        let pods = (0..pods).map(|i| PodRef { namespace: "default".into(), name: format!("{name}-pod-{i}") }).collect();
+        inner.pods.insert(name.to_owned(), pods);
+    }
+
+    /// Makes the next `times` drains of `node` fail with a timeout.
+    pub fn fail_next_drains(&self, node: &str, times: u32) {
+        self.lock().fail_drains.insert(node.to_owned(), times);
+    }
+
+    /// A node's state.
+    pub fn node(&self, name: &str) -> Option<NodeState> {
+        self.lock().nodes.get(name).cloned()
+    }
+
+    /// Pods still on a node.
+    pub fn pods(&self, name: &str) -> Vec<PodRef> {
+        self.lock().pods.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Every mutating call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// How many recorded calls match `pred`.
+    pub fn count(&self, pred: impl Fn(&Call) -> bool) -> usize {
+        self.lock().calls.iter().filter(|c| pred(c)).count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryNodesInner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn with_node<T>(&self, node: &str, call: Call, f: impl FnOnce(&mut NodeState) -> T) -> Result<T, Error> {
+        let mut inner = self.lock();
+        inner.calls.push(call);
+        let state = inner.nodes.get_mut(node).ok_or_else(|| Error::NodeNotFound(node.to_owned()))?;
+        Ok(f(state))
+    }
+}
+
+fn apply_patch(map: &mut BTreeMap<String, String>, patch: &MetadataPatch) {
+    for (k, v) in patch {
+        match v {
+            Some(v) => map.insert(k.clone(), v.clone()),
+            None => map.remove(k),
+        };
+    }
+}
+
+#[async_trait]
+impl NodeActions for MemoryNodes {
+    async fn cordon(&self, node: &str) -> Result<(), Error> {
+        self.with_node(node, Call::Cordon(node.into()), |n| n.unschedulable = true)
+    }
+
+    async fn uncordon(&self, node: &str) -> Result<(), Error> {
+        self.with_node(node, Call::Uncordon(node.into()), |n| n.unschedulable = false)
+    }
+
+    async fn taint(&self, node: &str, taint: &Taint) -> Result<bool, Error> {
+        self.with_node(node, Call::Taint(node.into(), taint.clone()), |n| {
+            if n.taints.contains(taint) {
+                return false;
+            }
+            n.taints.retain(|t| !t.same_slot(taint));
+            n.taints.push(taint.clone());
+            true
+        })
+    }
+
+    async fn untaint(&self, node: &str, key: &str, effect: TaintEffect) -> Result<bool, Error> {
+        self.with_node(node, Call::Untaint(node.into(), key.into()), |n| {
+            let before = n.taints.len();
+            n.taints.retain(|t| !(t.key == key && t.effect == effect));
+            n.taints.len() != before
+        })
+    }
+
+    async fn label(&self, node: &str, labels: &MetadataPatch) -> Result<(), Error> {
+        self.with_node(node, Call::Label(node.into(), labels.clone()), |n| apply_patch(&mut n.labels, labels))
+    }
+
+    async fn annotate(&self, node: &str, annotations: &MetadataPatch) -> Result<(), Error> {
+        self.with_node(node, Call::Annotate(node.into(), annotations.clone()), |n| {
+            apply_patch(&mut n.annotations, annotations)
+        })
+    }
+
+    async fn get(&self, node: &str) -> Result<NodeState, Error> {
+        self.lock().nodes.get(node).cloned().ok_or_else(|| Error::NodeNotFound(node.to_owned()))
+    }
+
+    async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
+        let mut inner = self.lock();
+        inner.calls.push(Call::Drain(node.into()));
+        if !inner.nodes.contains_key(node) {
+            return Err(Error::NodeNotFound(node.to_owned()));
+        }
+        if let Some(left) = inner.fail_drains.get_mut(node).filter(|n| **n > 0) {
+            *left -= 1;
+            let remaining = inner.pods.get(node).cloned().unwrap_or_default();
+            return Err(Error::DrainTimeout { node: node.to_owned(), remaining });
+        }
+        let pods = inner.pods.remove(node).unwrap_or_default();
+        let (skipped, evicted): (Vec<PodRef>, Vec<PodRef>) =
+            pods.into_iter().partition(|p| options.skip_pod.as_ref() == Some(p));
+        inner.pods.insert(node.to_owned(), skipped.clone());
+        Ok(DrainReport { evicted, skipped, ..DrainReport::default() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn memory_nodes_keep_other_taints_and_record_calls() {
+        let nodes = MemoryNodes::new();
+        nodes.add_node("n1", 3);
+        let other = Taint::new("other", "x", TaintEffect::NoSchedule);
+        let ours = Taint::new("ours", "1", TaintEffect::NoSchedule);
+        assert!(nodes.taint("n1", &other).await.unwrap());
+        assert!(nodes.taint("n1", &ours).await.unwrap());
+        assert!(!nodes.taint("n1", &ours).await.unwrap());
+        assert!(nodes.untaint("n1", "ours", TaintEffect::NoSchedule).await.unwrap());
+        assert_eq!(nodes.node("n1").unwrap().taints, vec![other]);
+        nodes.cordon("n1").await.unwrap();
+        let report = nodes.drain("n1", &DrainOptions::default()).await.unwrap();
+        assert_eq!(report.evicted.len(), 3);
+        assert!(nodes.pods("n1").is_empty());
+        assert_eq!(nodes.count(|c| matches!(c, Call::Cordon(_))), 1);
+        assert!(matches!(nodes.get("nope").await, Err(Error::NodeNotFound(_))));
+    }
 
     #[test]
     fn taint_effect_parse() {
