@@ -9,4 +9,5 @@
 pub mod config;
 pub mod handler;
 pub mod metrics;
+pub mod server;
 pub mod webhook;
