@@ -1,10 +1,10 @@
 //! AWS backends for `spot-core`.
 //!
-//! - [`imds`]: the IMDSv2 client and IMDS interruption event source.
-//! - [`imds_sim`]: `spot-imds-sim`, an IMDS simulator compatible with amazon-ec2-metadata-mock.
+//! - [`sqs`]: the SQS/EventBridge interruption event source and its message parsers.
+//! - [`instances`]: EC2 instance-to-node resolution with a short-lived cache.
 //!
 //! This is the only crate of the workspace that depends on the AWS SDK.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod imds;
-pub mod imds_sim;
+pub mod instances;
+pub mod sqs;
