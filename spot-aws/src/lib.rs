@@ -6,5 +6,7 @@
 //! This is the only crate of the workspace that depends on the AWS SDK.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod config;
 pub mod instances;
+pub mod select;
 pub mod sqs;

@@ -22,6 +22,7 @@ pub mod price;
 pub mod quantity;
 pub mod requirements;
 pub mod resources;
+pub mod select;
 pub mod source;
 
 pub use allocatable::AllocatableModel;
