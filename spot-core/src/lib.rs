@@ -7,7 +7,7 @@
 //! - Scheduling vocabulary: [`labels`], [`requirements`].
 //! - Capacity: [`instance_type`], [`allocatable`], [`catalog`], [`price`].
 //! - Interruptions: [`event`], and the seams that produce and act on them: [`source`],
-//!   [`node`], [`cloud`], [`clock`].
+//!   [`node`], [`cloud`], [`clock`], [`leader`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod allocatable;
@@ -17,6 +17,7 @@ pub mod cloud;
 pub mod event;
 pub mod instance_type;
 pub mod labels;
+pub mod leader;
 pub mod node;
 pub mod price;
 pub mod quantity;
