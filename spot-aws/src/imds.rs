@@ -528,7 +528,6 @@ impl Seen {
 
 #[derive(Debug, Default)]
 struct PollState {
-    identity: Option<IdentityDocument>,
     seen: Seen,
     next_poll: Option<Instant>,
 }
@@ -539,6 +538,7 @@ pub struct ImdsSource {
     clock: Arc<dyn Clock>,
     poll_interval: Duration,
     max_backoff: Duration,
+    identity: std::sync::OnceLock<IdentityDocument>,
     state: Mutex<PollState>,
     outstanding: std::sync::Mutex<HashSet<String>>,
     next_handle: AtomicU64,
@@ -571,6 +571,7 @@ impl ImdsSource {
             clock: Arc::new(TokioClock::new()),
             poll_interval: config.poll_interval.max(Duration::from_millis(1)),
             max_backoff: config.max_backoff,
+            identity: std::sync::OnceLock::new(),
             state: Mutex::new(PollState::default()),
             outstanding: std::sync::Mutex::new(HashSet::new()),
             next_handle: AtomicU64::new(0),
@@ -592,9 +593,10 @@ impl ImdsSource {
         &self.client
     }
 
-    /// The identity document, once a poll has read it.
-    pub async fn identity(&self) -> Option<IdentityDocument> {
-        self.state.lock().await.identity.clone()
+    /// The identity document, once a poll has read it (it is read once, by the first poll
+    /// that reaches IMDS).
+    pub fn identity(&self) -> Option<&IdentityDocument> {
+        self.identity.get()
     }
 
     /// The counters.
@@ -618,7 +620,7 @@ impl ImdsSource {
 
     async fn poll_locked(&self, state: &mut PollState) -> Result<Vec<InterruptionEvent>, Error> {
         self.polls.fetch_add(1, Ordering::Relaxed);
-        let instance_id = match &state.identity {
+        let instance_id = match self.identity.get() {
             Some(identity) => identity.instance_id.clone(),
             None => {
                 let identity = self
@@ -633,9 +635,7 @@ impl ImdsSource {
                     instance_type = identity.instance_type,
                     "read the instance identity document"
                 );
-                let id = identity.instance_id.clone();
-                state.identity = Some(identity);
-                id
+                self.identity.get_or_init(|| identity).instance_id.clone()
             }
         };
         let mut found = Vec::new();

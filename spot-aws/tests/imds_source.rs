@@ -41,7 +41,7 @@ async fn spot_notice_is_reported_once_with_its_deadline() -> Result<()> {
     let sim = start(SimConfig::default().with_instance_id("i-0spot")).await?;
     let source = ImdsSource::new(&config_for(&sim))?;
     assert!(source.poll().await?.is_empty(), "nothing before the notice");
-    let identity = source.identity().await.expect("identity read by the first poll");
+    let identity = source.identity().expect("identity read by the first poll");
     assert_eq!(
         (identity.instance_id.as_str(), identity.region.as_str()),
         ("i-0spot", "us-east-1")
