@@ -6,6 +6,7 @@
 //! This is the only crate of the workspace that depends on the AWS SDK.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod autoscaling;
 pub mod config;
 pub mod instances;
 pub mod select;
