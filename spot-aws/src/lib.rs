@@ -1,6 +1,8 @@
 //! AWS backends for `spot-core`.
 //!
 //! - [`sqs`]: the SQS/EventBridge interruption event source and its message parsers.
+//! - [`imds`]: the IMDSv2 client and IMDS interruption event source.
+//! - [`imds_sim`]: `spot-imds-sim`, an IMDS simulator compatible with amazon-ec2-metadata-mock.
 //! - [`instances`]: EC2 instance-to-node resolution with a short-lived cache.
 //!
 //! This is the only crate of the workspace that depends on the AWS SDK.
@@ -8,6 +10,8 @@
 
 pub mod autoscaling;
 pub mod config;
+pub mod imds;
+pub mod imds_sim;
 pub mod instances;
 pub mod select;
 pub mod sqs;
