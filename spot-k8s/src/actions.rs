@@ -1,0 +1,800 @@
+//! [`KubeNodeActions`]: [`NodeActions`] over kube-rs.
+//!
+//! - Cordon/uncordon: a JSON merge patch of `spec.unschedulable`.
+//! - Taints: get → modify → `replace` carrying the resourceVersion, retried on 409 Conflict,
+//!   so no other writer's taint is ever lost (a strategic merge of `spec.taints` would
+//!   replace the whole list). Writers sharing one `KubeNodeActions` are also serialised per
+//!   node, which avoids conflicts among themselves.
+//! - Labels and annotations: JSON merge patches (`null` removes).
+//! - Drain: lists the node's pods with the field selector `spec.nodeName=<node>` (a fresh,
+//!   paginated list at the start and on every poll, not a watch-backed cache), skips mirror,
+//!   DaemonSet-owned (configurable), terminating and the handler's own pod, and pods with
+//!   emptyDir volumes unless `delete_emptydir_data`; evicts through policy/v1 Eviction,
+//!   non-critical pods before `system-cluster-critical`/`system-node-critical` ones, retries
+//!   429 (PodDisruptionBudget) with doubling backoff until the deadline, treats 404 as done,
+//!   then polls until the pods are gone. At the deadline it reports
+//!   [`Error::DrainTimeout`] or, with `force_at_deadline`, deletes the rest with grace 0.
+//! - Every API call first takes a token from a shared [`RateLimiter`].
+//! - Cordon, uncordon, taint, untaint and drain publish `events.k8s.io/v1` Events about the
+//!   node when a reporter is configured (failures to publish are logged, never fatal).
+//!
+//! kube's default client retries 429 responses itself (up to 15 times with exponential
+//! backoff); drains bound every call by their deadline regardless, but a client built with
+//! `Config::default_retry = false` gives the drain's own PDB backoff full control.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Taint as KubeTaint};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use spot_core::node::{
+    DrainOptions, DrainReport, Error, MetadataPatch, NodeActions, NodeState, PodRef, Taint, TaintEffect,
+};
+use tokio::time::Instant;
+
+use crate::ratelimit::RateLimiter;
+
+/// Annotation of mirror (static) pods.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Priority classes evicted last.
+pub const CRITICAL_PRIORITY_CLASSES: [&str; 2] = ["system-cluster-critical", "system-node-critical"];
+
+/// Tuning of [`KubeNodeActions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionsConfig {
+    /// How many 409 Conflicts a taint change retries before giving up.
+    pub conflict_retries: u32,
+    /// First wait after a conflict (jittered, doubling up to 64 times this).
+    pub conflict_backoff: Duration,
+    /// How often a drain re-lists the node's pods while waiting for them to go.
+    pub poll_interval: Duration,
+    /// Page size of pod lists.
+    pub page_size: u32,
+}
+
+impl Default for ActionsConfig {
+    fn default() -> Self {
+        ActionsConfig {
+            conflict_retries: 100,
+            conflict_backoff: Duration::from_millis(10),
+            poll_interval: Duration::from_secs(1),
+            page_size: 500,
+        }
+    }
+}
+
+/// [`NodeActions`] over a kube-rs [`Client`].
+#[derive(Clone)]
+pub struct KubeNodeActions {
+    client: Client,
+    limiter: RateLimiter,
+    recorder: Option<Recorder>,
+    config: ActionsConfig,
+    node_locks: Arc<StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl std::fmt::Debug for KubeNodeActions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeNodeActions")
+            .field("limiter", &self.limiter)
+            .field("events", &self.recorder.is_some())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn api_error(action: &'static str, node: &str, e: impl std::fmt::Display) -> Error {
+    Error::Api {
+        action,
+        node: node.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// A pseudo-random number in `[0, 1)` for backoff jitter.
+fn jitter() -> f64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut z = u64::from(nanos) ^ SEQ.fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as f64 / u64::MAX as f64 * 0.999
+}
+
+fn pod_ref(p: &Pod) -> PodRef {
+    PodRef {
+        namespace: p.namespace().unwrap_or_default(),
+        name: p.name_any(),
+    }
+}
+
+/// Why a drain leaves a pod alone, if it does.
+fn skip_reason(p: &Pod, options: &DrainOptions) -> Option<&'static str> {
+    if p.annotations().contains_key(MIRROR_ANNOTATION) {
+        return Some("mirror pod");
+    }
+    if options.skip_pod.as_ref() == Some(&pod_ref(p)) {
+        return Some("own pod");
+    }
+    if p.metadata.deletion_timestamp.is_some() {
+        return Some("already terminating");
+    }
+    let daemonset = p
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "DaemonSet");
+    if daemonset && options.ignore_daemonsets {
+        return Some("DaemonSet pod");
+    }
+    let empty_dir = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|vs| vs.iter().any(|v| v.empty_dir.is_some()));
+    if empty_dir && !options.delete_emptydir_data {
+        return Some("emptyDir data (delete_emptydir_data is off)");
+    }
+    None
+}
+
+/// Whether a pod is evicted in the last wave.
+fn critical(p: &Pod) -> bool {
+    let spec = p.spec.as_ref();
+    spec.and_then(|s| s.priority_class_name.as_deref())
+        .is_some_and(|c| CRITICAL_PRIORITY_CLASSES.contains(&c))
+        || spec
+            .and_then(|s| s.priority)
+            .is_some_and(|pr| pr >= 2_000_000_000)
+}
+
+/// Adds or updates a taint in a list; returns whether the list changed.
+fn upsert_taint(taints: &mut Vec<KubeTaint>, taint: &Taint) -> bool {
+    let effect = taint.effect.as_str();
+    match taints
+        .iter_mut()
+        .find(|t| t.key == taint.key && t.effect == effect)
+    {
+        Some(t) if t.value == taint.value => false,
+        Some(t) => {
+            t.value.clone_from(&taint.value);
+            true
+        }
+        None => {
+            taints.push(KubeTaint {
+                key: taint.key.clone(),
+                value: taint.value.clone(),
+                effect: effect.to_owned(),
+                time_added: None,
+            });
+            true
+        }
+    }
+}
+
+/// Removes the taint with this key and effect; returns whether the list changed.
+fn remove_taint(taints: &mut Vec<KubeTaint>, key: &str, effect: TaintEffect) -> bool {
+    let before = taints.len();
+    taints.retain(|t| !(t.key == key && t.effect == effect.as_str()));
+    taints.len() != before
+}
+
+/// A policy/v1 Eviction. Built here rather than with `Api::evict` because kube 5.0.0
+/// serialises its `EvictParams::delete_options` as `delete_options` instead of
+/// `deleteOptions`, which the API server ignores: the grace period override would silently
+/// not apply.
+fn eviction_body(pod: &PodRef, grace_period_seconds: Option<i64>) -> Value {
+    let mut body = json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod.name, "namespace": pod.namespace},
+    });
+    if let Some(g) = grace_period_seconds {
+        body["deleteOptions"] = json!({"gracePeriodSeconds": g.max(0)});
+    }
+    body
+}
+
+/// The handler's view of a Node. Taints with an effect Kubernetes does not know are left out.
+pub fn node_state(node: Node) -> NodeState {
+    let spec = node.spec.unwrap_or_default();
+    let taints = spec
+        .taints
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| {
+            let effect = t.effect.parse::<TaintEffect>().ok()?;
+            Some(Taint {
+                key: t.key,
+                value: t.value,
+                effect,
+            })
+        })
+        .collect();
+    let ready = node
+        .status
+        .and_then(|s| s.conditions)
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    NodeState {
+        name: node.metadata.name.unwrap_or_default(),
+        unschedulable: spec.unschedulable == Some(true),
+        taints,
+        labels: node.metadata.labels.unwrap_or_default(),
+        annotations: node.metadata.annotations.unwrap_or_default(),
+        ready,
+        provider_id: spec.provider_id,
+    }
+}
+
+fn metadata_patch(field: &str, changes: &MetadataPatch) -> Value {
+    let map: serde_json::Map<String, Value> = changes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().map_or(Value::Null, |v| json!(v))))
+        .collect();
+    json!({"metadata": {field: map}})
+}
+
+impl KubeNodeActions {
+    /// Node actions over `client`, without a rate limit or events.
+    pub fn new(client: Client) -> Self {
+        KubeNodeActions {
+            client,
+            limiter: RateLimiter::unlimited(),
+            recorder: None,
+            config: ActionsConfig::default(),
+            node_locks: Arc::default(),
+        }
+    }
+
+    /// Shares a client-side rate limit (clone one [`RateLimiter`] into every user).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Publishes Kubernetes Events as `reporter` (controller name, instance).
+    pub fn with_events(mut self, reporter: Reporter) -> Self {
+        self.recorder = Some(Recorder::new(self.client.clone(), reporter));
+        self
+    }
+
+    /// Replaces the tuning.
+    pub fn with_config(mut self, config: ActionsConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    async fn event(&self, node: &str, type_: EventType, reason: &str, action: &str, note: String) {
+        let Some(recorder) = &self.recorder else { return };
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_owned()),
+            ..ObjectReference::default()
+        };
+        self.limiter.acquire().await;
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            tracing::warn!(node, reason, error = %e, "cannot publish event");
+        }
+    }
+
+    fn node_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .node_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(node.to_owned()).or_default().clone()
+    }
+
+    async fn get_node(&self, action: &'static str, node: &str) -> Result<Node, Error> {
+        self.limiter.acquire().await;
+        self.nodes().get(node).await.map_err(|e| match status_code(&e) {
+            Some(404) => Error::NodeNotFound(node.to_owned()),
+            _ => api_error(action, node, e),
+        })
+    }
+
+    async fn patch_node(&self, action: &'static str, node: &str, patch: Value) -> Result<Node, Error> {
+        self.limiter.acquire().await;
+        self.nodes()
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| match status_code(&e) {
+                Some(404) => Error::NodeNotFound(node.to_owned()),
+                _ => api_error(action, node, e),
+            })
+    }
+
+    /// Read-modify-write of the node's taints with optimistic concurrency.
+    async fn modify_taints(
+        &self,
+        action: &'static str,
+        node: &str,
+        change: impl Fn(&mut Vec<KubeTaint>) -> bool,
+    ) -> Result<bool, Error> {
+        let lock = self.node_lock(node);
+        let _serialised = lock.lock().await;
+        let mut backoff = self.config.conflict_backoff;
+        for attempt in 0..=self.config.conflict_retries {
+            let mut current = self.get_node(action, node).await?;
+            let spec = current.spec.get_or_insert_with(Default::default);
+            let mut taints = spec.taints.take().unwrap_or_default();
+            if !change(&mut taints) {
+                return Ok(false);
+            }
+            spec.taints = (!taints.is_empty()).then_some(taints);
+            self.limiter.acquire().await;
+            match self.nodes().replace(node, &PostParams::default(), &current).await {
+                Ok(_) => return Ok(true),
+                Err(e) if status_code(&e) == Some(409) => {
+                    tracing::debug!(node, attempt, "taint write conflicted; retrying");
+                    // Jitter spreads competing writers apart.
+                    let wait = backoff.mul_f64(0.5 + jitter());
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(self.config.conflict_backoff * 64);
+                }
+                Err(e) if status_code(&e) == Some(404) => return Err(Error::NodeNotFound(node.to_owned())),
+                Err(e) => return Err(api_error(action, node, e)),
+            }
+        }
+        Err(api_error(
+            action,
+            node,
+            format!(
+                "gave up after {} conflicting writes",
+                self.config.conflict_retries + 1
+            ),
+        ))
+    }
+
+    /// The pods bound to a node (paginated list with `spec.nodeName=<node>`).
+    pub async fn node_pods(&self, node: &str) -> Result<Vec<Pod>, Error> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let mut lp = ListParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .limit(self.config.page_size);
+        let mut out = Vec::new();
+        loop {
+            self.limiter.acquire().await;
+            let page = pods.list(&lp).await.map_err(|e| api_error("drain", node, e))?;
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            out.extend(page.items);
+            match next {
+                Some(c) => lp = lp.continue_token(&c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Evicts one pod, retrying PodDisruptionBudget refusals until the deadline. Returns
+    /// `Ok(true)` when evicted or gone, `Ok(false)` at the deadline.
+    async fn evict_one(
+        &self,
+        node: &str,
+        pod: &PodRef,
+        options: &DrainOptions,
+        deadline: Instant,
+        pdb_retries: &std::sync::atomic::AtomicU32,
+    ) -> Result<bool, Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let body = eviction_body(pod, options.grace_period_seconds);
+        let mut backoff = options.eviction_retry;
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            let attempt = async {
+                self.limiter.acquire().await;
+                api.create_subresource::<_, kube::core::Status>(
+                    "eviction",
+                    &pod.name,
+                    &PostParams::default(),
+                    &body,
+                )
+                .await
+            };
+            let result = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(r) => r,
+                Err(_) => return Ok(false),
+            };
+            match result {
+                Ok(_) => return Ok(true),
+                Err(e) => match status_code(&e) {
+                    Some(404) => return Ok(true),
+                    Some(429) | Some(500) | Some(503) | Some(504) => {
+                        if status_code(&e) == Some(429) {
+                            pdb_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        tracing::info!(node, pod = %pod, error = %e, "eviction refused; retrying");
+                        let wake = (Instant::now() + backoff).min(deadline);
+                        tokio::time::sleep_until(wake).await;
+                        backoff = (backoff * 2).min(options.eviction_retry * 8);
+                    }
+                    _ => return Err(api_error("drain", node, format!("evicting {pod}: {e}"))),
+                },
+            }
+        }
+    }
+
+    /// Waits until none of `pods` (by uid) is on the node any more; returns those left at the
+    /// deadline.
+    async fn wait_gone(
+        &self,
+        node: &str,
+        pods: &[(PodRef, String)],
+        deadline: Instant,
+    ) -> Result<Vec<PodRef>, Error> {
+        let mut left: Vec<(PodRef, String)> = pods.to_vec();
+        loop {
+            let present: BTreeSet<String> = self
+                .node_pods(node)
+                .await?
+                .iter()
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect();
+            left.retain(|(_, uid)| present.contains(uid));
+            if left.is_empty() || Instant::now() >= deadline {
+                return Ok(left.into_iter().map(|(p, _)| p).collect());
+            }
+            tokio::time::sleep_until((Instant::now() + self.config.poll_interval).min(deadline)).await;
+        }
+    }
+
+    async fn drain_inner(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
+        let deadline = Instant::now() + options.timeout;
+        // The node must exist (a missing node is not "drained").
+        self.get_node("drain", node).await?;
+        let mut report = DrainReport::default();
+        let mut waves: [Vec<(PodRef, String)>; 2] = [Vec::new(), Vec::new()];
+        for p in self.node_pods(node).await? {
+            let r = pod_ref(&p);
+            if let Some(reason) = skip_reason(&p, options) {
+                tracing::info!(node, pod = %r, reason, "drain skips pod");
+                report.skipped.push(r);
+                continue;
+            }
+            waves[usize::from(critical(&p))].push((r, p.metadata.uid.clone().unwrap_or_default()));
+        }
+        let pdb_retries = std::sync::atomic::AtomicU32::new(0);
+        let mut remaining: Vec<PodRef> = Vec::new();
+        for (i, wave) in waves.iter().enumerate() {
+            if wave.is_empty() {
+                continue;
+            }
+            if !remaining.is_empty() {
+                // The previous wave did not finish: later waves are not started.
+                remaining.extend(wave.iter().map(|(p, _)| p.clone()));
+                continue;
+            }
+            let results = join_all(
+                wave.iter()
+                    .map(|(p, _)| self.evict_one(node, p, options, deadline, &pdb_retries)),
+            )
+            .await;
+            let mut evicted = Vec::new();
+            for ((p, uid), res) in wave.iter().zip(results) {
+                if res? {
+                    evicted.push((p.clone(), uid.clone()));
+                } else {
+                    remaining.push(p.clone());
+                }
+            }
+            let left = self.wait_gone(node, &evicted, deadline).await?;
+            report.evicted.extend(
+                evicted
+                    .iter()
+                    .map(|(p, _)| p.clone())
+                    .filter(|p| !left.contains(p)),
+            );
+            tracing::debug!(node, wave = i, left = left.len(), "drain wave done");
+            remaining.extend(left);
+        }
+        report.pdb_retries = pdb_retries.into_inner();
+        if remaining.is_empty() {
+            return Ok(report);
+        }
+        if !options.force_at_deadline {
+            return Err(Error::DrainTimeout {
+                node: node.to_owned(),
+                remaining,
+            });
+        }
+        for p in remaining {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.namespace);
+            self.limiter.acquire().await;
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            match api.delete(&p.name, &dp).await {
+                Ok(_) => report.forced.push(p),
+                Err(e) if status_code(&e) == Some(404) => report.evicted.push(p),
+                Err(e) => return Err(api_error("drain", node, format!("force-deleting {p}: {e}"))),
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl NodeActions for KubeNodeActions {
+    async fn cordon(&self, node: &str) -> Result<(), Error> {
+        let before = self.get_node("cordon", node).await?;
+        if before.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+            return Ok(());
+        }
+        self.patch_node("cordon", node, json!({"spec": {"unschedulable": true}}))
+            .await?;
+        self.event(
+            node,
+            EventType::Normal,
+            "Cordon",
+            "Cordon",
+            format!("Node {node} cordoned"),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn uncordon(&self, node: &str) -> Result<(), Error> {
+        let before = self.get_node("uncordon", node).await?;
+        if before.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) {
+            return Ok(());
+        }
+        self.patch_node("uncordon", node, json!({"spec": {"unschedulable": null}}))
+            .await?;
+        self.event(
+            node,
+            EventType::Normal,
+            "Uncordon",
+            "Uncordon",
+            format!("Node {node} uncordoned"),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn taint(&self, node: &str, taint: &Taint) -> Result<bool, Error> {
+        let changed = self
+            .modify_taints("taint", node, |ts| upsert_taint(ts, taint))
+            .await?;
+        if changed {
+            let value = taint.value.as_deref().unwrap_or_default();
+            self.event(
+                node,
+                EventType::Normal,
+                "Taint",
+                "Taint",
+                format!("Taint {}={}:{} added", taint.key, value, taint.effect),
+            )
+            .await;
+        }
+        Ok(changed)
+    }
+
+    async fn untaint(&self, node: &str, key: &str, effect: TaintEffect) -> Result<bool, Error> {
+        let changed = self
+            .modify_taints("untaint", node, |ts| remove_taint(ts, key, effect))
+            .await?;
+        if changed {
+            self.event(
+                node,
+                EventType::Normal,
+                "Untaint",
+                "Untaint",
+                format!("Taint {key}:{effect} removed"),
+            )
+            .await;
+        }
+        Ok(changed)
+    }
+
+    async fn label(&self, node: &str, labels: &MetadataPatch) -> Result<(), Error> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        self.patch_node("label", node, metadata_patch("labels", labels))
+            .await
+            .map(drop)
+    }
+
+    async fn annotate(&self, node: &str, annotations: &MetadataPatch) -> Result<(), Error> {
+        if annotations.is_empty() {
+            return Ok(());
+        }
+        self.patch_node("annotate", node, metadata_patch("annotations", annotations))
+            .await
+            .map(drop)
+    }
+
+    async fn get(&self, node: &str) -> Result<NodeState, Error> {
+        Ok(node_state(self.get_node("get", node).await?))
+    }
+
+    async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
+        self.event(
+            node,
+            EventType::Normal,
+            "Drain",
+            "Drain",
+            format!("Draining node {node}"),
+        )
+        .await;
+        let result = self.drain_inner(node, options).await;
+        match &result {
+            Ok(r) => {
+                let note = format!(
+                    "Node {node} drained: {} evicted, {} skipped, {} forced",
+                    r.evicted.len(),
+                    r.skipped.len(),
+                    r.forced.len()
+                );
+                self.event(node, EventType::Normal, "Drained", "Drain", note)
+                    .await;
+            }
+            Err(e) => {
+                self.event(node, EventType::Warning, "DrainFailed", "Drain", e.to_string())
+                    .await
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, PodSpec, Volume};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn pod(name: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec::default()),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn skip_rules() {
+        let opts = DrainOptions::default();
+        assert_eq!(skip_reason(&pod("a"), &opts), None);
+        let mut mirror = pod("m");
+        mirror.metadata.annotations = Some([(MIRROR_ANNOTATION.to_owned(), "x".to_owned())].into());
+        assert_eq!(skip_reason(&mirror, &opts), Some("mirror pod"));
+        let mut ds = pod("d");
+        ds.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "DaemonSet".into(),
+            name: "ds".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]);
+        assert_eq!(skip_reason(&ds, &opts), Some("DaemonSet pod"));
+        assert_eq!(
+            skip_reason(
+                &ds,
+                &DrainOptions {
+                    ignore_daemonsets: false,
+                    ..opts.clone()
+                }
+            ),
+            None
+        );
+        let own = DrainOptions {
+            skip_pod: Some(PodRef {
+                namespace: "default".into(),
+                name: "a".into(),
+            }),
+            ..opts.clone()
+        };
+        assert_eq!(skip_reason(&pod("a"), &own), Some("own pod"));
+        let mut ed = pod("e");
+        ed.spec.as_mut().unwrap().volumes = Some(vec![Volume {
+            name: "v".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]);
+        assert_eq!(skip_reason(&ed, &opts), None);
+        assert!(
+            skip_reason(
+                &ed,
+                &DrainOptions {
+                    delete_emptydir_data: false,
+                    ..opts
+                }
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn critical_pods_go_last() {
+        let mut p = pod("c");
+        assert!(!critical(&p));
+        p.spec.as_mut().unwrap().priority_class_name = Some("system-node-critical".into());
+        assert!(critical(&p));
+        let mut q = pod("q");
+        q.spec.as_mut().unwrap().priority = Some(2_000_001_000);
+        assert!(critical(&q));
+    }
+
+    #[test]
+    fn taint_list_edits() {
+        let mut ts = vec![KubeTaint {
+            key: "other".into(),
+            value: None,
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }];
+        let t = Taint::new("k", "1", TaintEffect::NoExecute);
+        assert!(upsert_taint(&mut ts, &t));
+        assert!(!upsert_taint(&mut ts, &t));
+        assert!(upsert_taint(
+            &mut ts,
+            &Taint::new("k", "2", TaintEffect::NoExecute)
+        ));
+        assert_eq!(ts.len(), 2);
+        assert_eq!(ts[1].value.as_deref(), Some("2"));
+        assert!(!remove_taint(&mut ts, "k", TaintEffect::NoSchedule));
+        assert!(remove_taint(&mut ts, "k", TaintEffect::NoExecute));
+        assert_eq!(ts.len(), 1);
+        assert_eq!(ts[0].key, "other");
+    }
+
+    #[test]
+    fn eviction_body_uses_the_api_field_names() {
+        let p = PodRef {
+            namespace: "ns".into(),
+            name: "p".into(),
+        };
+        assert_eq!(
+            eviction_body(&p, Some(5)),
+            json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p", "namespace": "ns"}, "deleteOptions": {"gracePeriodSeconds": 5}})
+        );
+        assert!(eviction_body(&p, None).get("deleteOptions").is_none());
+    }
+
+    #[test]
+    fn metadata_patches_set_and_remove() {
+        let mut m = MetadataPatch::new();
+        m.insert("a".into(), Some("1".into()));
+        m.insert("b".into(), None);
+        assert_eq!(
+            metadata_patch("labels", &m),
+            json!({"metadata": {"labels": {"a": "1", "b": null}}})
+        );
+    }
+}
