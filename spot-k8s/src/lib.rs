@@ -4,6 +4,7 @@
 //!   [`spot_core::node::NodeActions`] (cordon, conflict-safe taints, labels, annotations, and
 //!   drains through the policy/v1 Eviction API), with a shared client-side
 //!   [`ratelimit::RateLimiter`] and Kubernetes Events.
+//! - [`lease`]: leader election on a coordination.k8s.io Lease ([`lease::LeaseElector`]).
 //! - [`sim`] (feature `sim`): `spot-kube-sim`, an in-process Kubernetes API simulator that
 //!   kube-rs and `kubectl` talk to over HTTP.
 //!
@@ -12,6 +13,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod actions;
+pub mod lease;
 pub mod ratelimit;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]

@@ -261,11 +261,6 @@ fn gunzip_entry(archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &st
     Ok(raw)
 }
 
-/// The header of `types.csv`; `spot-core` checks it when loading.
-pub const TYPES_HEADER: &str = "name,architectures,cpu_manufacturer,vcpus,memory_mib,gpus,gpu_memory_mib,\
-gpu_manufacturer,gpu_model,max_enis,ipv4_per_eni,hypervisor,burstable,bare_metal,current_generation,\
-network_performance,network_gbps,instance_storage_gb,usage_classes";
-
 /// Builds the three data files from the wheel's bytes: `(file name, contents)`.
 fn generate(wheel: &[u8], version: &str, wheel_path: &Path, sha: &str) -> Result<Vec<(String, String)>> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel)).context("opening the wheel")?;
@@ -279,7 +274,7 @@ fn generate(wheel: &[u8], version: &str, wheel_path: &Path, sha: &str) -> Result
         .collect();
 
     let mut types = String::new();
-    writeln!(types, "{TYPES_HEADER}")?;
+    writeln!(types, "{}", spot_core::catalog::TYPES_HEADER)?;
     for (name, info) in &infos {
         ensure!(
             name == &info.instance_type,

@@ -2,7 +2,9 @@
 //! <https://github.com/matklad/cargo-xtask>). Run `cargo xtask --help`; the alias lives in
 //! `.cargo/config.toml`.
 
+mod catalog;
 mod moto;
+mod prices;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +13,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Development and CI tasks of the spot workspace")]
+#[command(
+    name = "cargo xtask",
+    about = "Development and CI tasks of the spot workspace"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -21,6 +26,12 @@ struct Cli {
 enum Task {
     /// Formatting, clippy and the whole test suite, with a moto server for the AWS tests.
     Test(test::TestArgs),
+    /// Regenerate the embedded EC2 catalog (spot-core/data) from the moto package's data.
+    Catalog(catalog::CatalogArgs),
+    /// Fit the built-in on-demand price model against ../shared/data/ondemand-us-east-1.csv.
+    FitPrices(prices::FitArgs),
+    /// Write a seeded synthetic Spot Instance Advisor file.
+    SpotAdvisor(prices::SpotArgs),
 }
 
 fn main() -> Result<()> {
@@ -28,10 +39,16 @@ fn main() -> Result<()> {
     let root = project_root();
     match cli.task {
         Task::Test(args) => test::run(&root, &args),
+        Task::Catalog(args) => catalog::run(&args),
+        Task::FitPrices(args) => prices::run_fit(&args),
+        Task::SpotAdvisor(args) => prices::run_spot(&args),
     }
 }
 
 /// The workspace root: the parent of this crate's directory.
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }

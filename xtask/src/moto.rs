@@ -24,7 +24,11 @@ impl Moto {
         let port = free_port()?;
         let log = root.join("target/moto-server.log");
         let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        eprintln!("xtask: starting {} on 127.0.0.1:{port} (log: {})", exe.display(), log.display());
+        eprintln!(
+            "xtask: starting {} on 127.0.0.1:{port} (log: {})",
+            exe.display(),
+            log.display()
+        );
         let child = Command::new(&exe)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -40,10 +44,16 @@ impl Moto {
             if moto.request("GET", "/moto-api/data.json").is_ok() {
                 return Ok(moto);
             }
-            #[allow(clippy::disallowed_methods, reason = "xtask is synchronous: there is no tokio clock")]
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "xtask is synchronous: there is no tokio clock"
+            )]
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("moto_server did not answer on port {port} within 30 s; see {}", log.display())
+        bail!(
+            "moto_server did not answer on port {port} within 30 s; see {}",
+            log.display()
+        )
     }
 
     /// The endpoint URL.
@@ -60,7 +70,10 @@ impl Moto {
     fn request(&self, method: &str, path: &str) -> Result<()> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        )?;
         let mut head = [0u8; 12];
         stream.read_exact(&mut head)?;
         let status = std::str::from_utf8(&head[9..12]).unwrap_or("000");
@@ -90,7 +103,10 @@ fn locate_or_install(root: &Path) -> Result<PathBuf> {
     if exe.exists() {
         return Ok(exe);
     }
-    eprintln!("xtask: moto_server not found; installing moto[server] into {}", venv.display());
+    eprintln!(
+        "xtask: moto_server not found; installing moto[server] into {}",
+        venv.display()
+    );
     let python = on_path("python3").context("neither moto_server nor python3 is on PATH: install python3")?;
     run(Command::new(python).args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(venv.join("bin/pip"))
@@ -113,7 +129,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// The first executable named `name` on PATH.
 pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 fn free_port() -> Result<u16> {

@@ -8,14 +8,16 @@
 //!   `spot-core/data/price-model.json`.
 //! - `spot-advisor` writes a synthetic, seeded Spot Instance Advisor file.
 //!
-//! The feature extraction and the spot generator are mirrored in `spot-core/src/price.rs`;
-//! the tests of both files pin the same figures, so keep them in step.
+//! Both use `spot-core` itself (the embedded catalog, `EstimateModel::features`,
+//! `SpotAdvisor::generate`), so the data and the code that reads it cannot drift apart.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
+use spot_core::catalog::Catalog;
+use spot_core::price::{CsvPrices, EstimateModel, SpotAdvisor};
 
 use crate::catalog::repo_root;
 
@@ -25,9 +27,6 @@ pub struct FitArgs {
     /// On-demand price list, `instance_type,usd_per_hour` (relative paths from the repo root).
     #[arg(long, default_value = "../shared/data/ondemand-us-east-1.csv")]
     pub prices: PathBuf,
-    /// The catalog's instance types.
-    #[arg(long, default_value = "spot-core/data/types.csv")]
-    pub types: PathBuf,
     /// Where to write the model.
     #[arg(long, default_value = "spot-core/data/price-model.json")]
     pub out: PathBuf,
@@ -48,12 +47,6 @@ pub struct SpotArgs {
     /// Output file (Spot Instance Advisor JSON schema).
     #[arg(long)]
     pub out: PathBuf,
-    /// The catalog's instance types.
-    #[arg(long, default_value = "spot-core/data/types.csv")]
-    pub types: PathBuf,
-    /// The catalog's zonal offerings.
-    #[arg(long, default_value = "spot-core/data/zones.txt")]
-    pub zones: PathBuf,
 }
 
 fn resolve(path: &Path) -> PathBuf {
@@ -62,176 +55,6 @@ fn resolve(path: &Path) -> PathBuf {
     } else {
         repo_root().join(path)
     }
-}
-
-/// The fields of one `types.csv` line the price code needs.
-#[derive(Debug, Clone)]
-struct TypeRow {
-    name: String,
-    family: String,
-    category: String,
-    generation: u32,
-    arm64_first: bool,
-    cpu_manufacturer: String,
-    vcpus: u32,
-    memory_mib: u64,
-    gpus: u32,
-    gpu_memory_mib: u64,
-    gpu_manufacturer: String,
-    gpu_model: String,
-    burstable: bool,
-    bare_metal: bool,
-    network_gbps: f64,
-    instance_storage_gb: u64,
-    spot: bool,
-}
-
-fn read_types(path: &Path) -> Result<Vec<TypeRow>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().context("types.csv is empty")?.split(',').collect();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .with_context(|| format!("no column {name}"))
-    };
-    let c = [
-        col("name")?,
-        col("architectures")?,
-        col("cpu_manufacturer")?,
-        col("vcpus")?,
-        col("memory_mib")?,
-        col("gpus")?,
-        col("gpu_memory_mib")?,
-        col("gpu_manufacturer")?,
-        col("gpu_model")?,
-        col("burstable")?,
-        col("bare_metal")?,
-        col("network_gbps")?,
-        col("instance_storage_gb")?,
-        col("usage_classes")?,
-    ];
-    let mut rows = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split(',').collect();
-        ensure!(
-            f.len() == header.len(),
-            "types.csv line {}: {} fields",
-            n + 2,
-            f.len()
-        );
-        let ctx = || format!("types.csv line {}", n + 2);
-        let name = f[c[0]].to_owned();
-        let (family, _) = name.split_once('.').with_context(ctx)?;
-        let category: String = family.chars().take_while(|ch| ch.is_ascii_lowercase()).collect();
-        let digits: String = family[category.len()..]
-            .chars()
-            .take_while(|ch| ch.is_ascii_digit())
-            .collect();
-        rows.push(TypeRow {
-            family: family.to_owned(),
-            generation: digits.parse().unwrap_or(0),
-            category,
-            arm64_first: f[c[1]].split('|').next() == Some("arm64"),
-            cpu_manufacturer: f[c[2]].to_owned(),
-            vcpus: f[c[3]].parse().with_context(ctx)?,
-            memory_mib: f[c[4]].parse().with_context(ctx)?,
-            gpus: f[c[5]].parse().with_context(ctx)?,
-            gpu_memory_mib: f[c[6]].parse().with_context(ctx)?,
-            gpu_manufacturer: f[c[7]].to_owned(),
-            gpu_model: f[c[8]].to_owned(),
-            burstable: f[c[9]] == "1",
-            bare_metal: f[c[10]] == "1",
-            network_gbps: f[c[11]].parse().with_context(ctx)?,
-            instance_storage_gb: f[c[12]].parse().with_context(ctx)?,
-            spot: f[c[13]].split('|').any(|u| u == "spot"),
-            name,
-        });
-    }
-    Ok(rows)
-}
-
-/// The regression features of an instance type; mirrors `EstimateModel::features` in
-/// `spot-core/src/price.rs`.
-fn features(t: &TypeRow) -> Vec<(String, f64)> {
-    let mut f = vec![
-        ("intercept".to_owned(), 1.0),
-        ("ln_vcpus".to_owned(), f64::from(t.vcpus.max(1)).ln()),
-        (
-            "ln_memory_gib".to_owned(),
-            (t.memory_mib as f64 / 1024.0).max(0.25).ln(),
-        ),
-        (
-            "ln1p_storage_gb".to_owned(),
-            (t.instance_storage_gb as f64).ln_1p(),
-        ),
-        ("ln1p_network_gbps".to_owned(), t.network_gbps.max(0.0).ln_1p()),
-        (format!("category:{}", t.category), 1.0),
-        (format!("family:{}", t.family), 1.0),
-        ("generation".to_owned(), f64::from(t.generation.min(10))),
-    ];
-    if t.gpus > 0 {
-        f.push((
-            format!("gpu:{} {}", t.gpu_manufacturer, t.gpu_model),
-            f64::from(t.gpus).ln_1p(),
-        ));
-        f.push((
-            "ln1p_gpu_memory_gib".to_owned(),
-            (t.gpu_memory_mib as f64 / 1024.0).ln_1p(),
-        ));
-    }
-    let rest = t.family[t.category.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
-    let mut parts = rest.split('-');
-    for letter in parts.next().unwrap_or("").chars() {
-        f.push((format!("suffix:{letter}"), 1.0));
-    }
-    for part in parts {
-        f.push((format!("suffix:{part}"), 1.0));
-    }
-    if t.arm64_first {
-        f.push(("arch:arm64".to_owned(), 1.0));
-    }
-    if t.cpu_manufacturer == "AMD" {
-        f.push(("cpu:amd".to_owned(), 1.0));
-    }
-    if t.bare_metal {
-        f.push(("metal".to_owned(), 1.0));
-    }
-    if t.burstable {
-        f.push(("burstable".to_owned(), 1.0));
-    }
-    f
-}
-
-fn read_prices(path: &Path) -> Result<Vec<(String, f64)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || (n == 0 && line.eq_ignore_ascii_case("instance_type,usd_per_hour")) {
-            continue;
-        }
-        let Some((name, price)) = line.split_once(',') else {
-            bail!(
-                "{} line {}: expected instance_type,usd_per_hour",
-                path.display(),
-                n + 1
-            );
-        };
-        let price: f64 = price
-            .trim()
-            .parse()
-            .with_context(|| format!("{} line {}: price {price:?}", path.display(), n + 1))?;
-        ensure!(
-            price > 0.0 && price.is_finite(),
-            "{} line {}: price {price}",
-            path.display(),
-            n + 1
-        );
-        out.push((name.trim().to_owned(), price));
-    }
-    Ok(out)
 }
 
 /// Solves `a x = b` for a symmetric positive-definite `a` (Cholesky).
@@ -335,16 +158,15 @@ fn ape_quantiles(rows: &[Row], coefficients: &BTreeMap<String, f64>) -> (f64, f6
 
 /// Runs `cargo xtask fit-prices`.
 pub fn run_fit(args: &FitArgs) -> Result<()> {
-    let types = read_types(&resolve(&args.types))?;
+    let catalog = Catalog::embedded();
     let prices_path = resolve(&args.prices);
-    let prices = read_prices(&prices_path)?;
-    let by_name: BTreeMap<&str, &TypeRow> = types.iter().map(|t| (t.name.as_str(), t)).collect();
+    let prices = CsvPrices::from_path(&prices_path)?;
     let mut rows: Vec<Row> = Vec::new();
     let mut skipped = Vec::new();
-    for (name, price) in &prices {
-        match by_name.get(name.as_str()) {
-            Some(t) => rows.push((features(t), *price)),
-            None => skipped.push(name.clone()),
+    for (name, price) in prices.iter() {
+        match catalog.get(name) {
+            Ok(t) => rows.push((EstimateModel::features(t), price)),
+            Err(_) => skipped.push(name.to_owned()),
         }
     }
     ensure!(
@@ -410,122 +232,22 @@ pub fn run_fit(args: &FitArgs) -> Result<()> {
     Ok(())
 }
 
-/// splitmix64's output function.
-pub fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// FNV-1a of a string.
-pub fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The generator's draw for a key: `splitmix64(seed ^ fnv1a(key))`.
-pub fn draw(seed: u64, key: &str) -> u64 {
-    splitmix64(seed ^ fnv1a(key))
-}
-
-/// Savings percent (40..=90) and interruption band (0..=4) of a type in a region; mirrors
-/// `spot_core::price::SpotAdvisor::generated_entry`.
-pub fn advisor_entry(seed: u64, region: &str, instance_type: &str) -> (u32, u32) {
-    let h = draw(seed, &format!("advisor/{region}/{instance_type}"));
-    let savings = 40 + (h % 51) as u32;
-    let band = match (h >> 32) % 100 {
-        0..50 => 0,
-        50..70 => 1,
-        70..82 => 2,
-        82..90 => 3,
-        _ => 4,
-    };
-    (savings, band)
-}
-
-/// The `ranges` array of the Spot Instance Advisor schema.
-fn ranges() -> serde_json::Value {
-    json!([
-        {"index": 0, "label": "<5%", "dots": 0, "max": 5},
-        {"index": 1, "label": "5-10%", "dots": 1, "max": 11},
-        {"index": 2, "label": "10-15%", "dots": 2, "max": 16},
-        {"index": 3, "label": "15-20%", "dots": 3, "max": 22},
-        {"index": 4, "label": ">20%", "dots": 4, "max": 100},
-    ])
-}
-
 /// Runs `cargo xtask spot-advisor`.
 pub fn run_spot(args: &SpotArgs) -> Result<()> {
-    let types = read_types(&resolve(&args.types))?;
-    let zones_path = resolve(&args.zones);
-    let zones =
-        std::fs::read_to_string(&zones_path).with_context(|| format!("reading {}", zones_path.display()))?;
-    // region -> offered type indexes (any zone).
-    let mut offered: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-    for (n, line) in zones.lines().enumerate() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let [region, _zone, hex] = f[..] else {
-            bail!("{} line {}: bad line", zones_path.display(), n + 1)
-        };
-        let set = offered.entry(region.to_owned()).or_default();
-        for (i, ch) in hex.chars().enumerate() {
-            let nibble = ch
-                .to_digit(16)
-                .with_context(|| format!("{} line {}: bad hex", zones_path.display(), n + 1))?;
-            for bit in 0..4 {
-                if nibble & (8 >> bit) != 0 {
-                    set.insert(i * 4 + bit);
-                }
-            }
-        }
-    }
-    let mut advisor = serde_json::Map::new();
-    let mut used = BTreeSet::new();
-    for (region, set) in &offered {
-        let mut linux = serde_json::Map::new();
-        for &i in set {
-            let Some(t) = types.get(i).filter(|t| t.spot) else {
-                continue;
-            };
-            let (s, r) = advisor_entry(args.seed, region, &t.name);
-            linux.insert(t.name.clone(), json!({"s": s, "r": r}));
-            used.insert(i);
-        }
-        advisor.insert(region.clone(), json!({ "Linux": linux }));
-    }
-    let instance_types: serde_json::Map<String, serde_json::Value> = used
-        .iter()
-        .filter_map(|&i| types.get(i))
-        .map(|t| {
-            let ram_gb = (t.memory_mib as f64 / 1024.0 * 100.0).round() / 100.0;
-            (
-                t.name.clone(),
-                json!({"emr": false, "cores": t.vcpus, "ram_gb": ram_gb}),
-            )
-        })
-        .collect();
-    let doc = json!({
-        "spot_advisor": advisor,
-        "instance_types": instance_types,
-        "ranges": ranges(),
-        "global_rate": "synthetic",
-        "generator": {"name": "spot xtask spot-advisor", "seed": args.seed},
-    });
+    let advisor = SpotAdvisor::generate(Catalog::embedded(), args.seed);
+    let text = advisor.to_json()?;
     let out = resolve(&args.out);
-    let text = serde_json::to_string(&doc)?;
     std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+    let entries: usize = advisor
+        .spot_advisor
+        .values()
+        .map(|r| r.values().map(|os| os.len()).sum::<usize>())
+        .sum();
     println!(
-        "wrote {} ({} bytes): seed {}, {} regions, {} instance types",
+        "wrote {} ({} bytes, {entries} entries, seed {})",
         out.display(),
         text.len(),
-        args.seed,
-        offered.len(),
-        used.len()
+        args.seed
     );
     Ok(())
 }
@@ -533,18 +255,6 @@ pub fn run_spot(args: &SpotArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn generator_is_pinned() {
-        // The same figures are pinned in spot-core/src/price.rs: keep the generators in step.
-        assert_eq!(splitmix64(0), 0xe220_a839_7b1d_cdaf);
-        assert_eq!(
-            advisor_entry(42, "us-east-1", "m5.large"),
-            PINNED_M5_LARGE_SEED_42
-        );
-    }
-
-    const PINNED_M5_LARGE_SEED_42: (u32, u32) = (42, 0);
 
     #[test]
     fn cholesky_solves() {

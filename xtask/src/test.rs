@@ -26,15 +26,39 @@ pub struct TestArgs {
 /// Runs the checks.
 pub fn run(root: &Path, args: &TestArgs) -> Result<()> {
     if !args.no_lint {
-        cargo(root, &["fmt", "--all", "--", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
-        cargo(root, &["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])
-            .context("clippy found problems")?;
+        cargo(root, &["fmt", "--all", "--", "--check"])
+            .context("formatting differs: run `cargo fmt --all`")?;
+        cargo(
+            root,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )
+        .context("clippy found problems")?;
     }
     if moto::on_path("kubectl").is_none() {
-        bail!("kubectl is not on PATH: the spot-k8s tests drive spot-kube-sim with the real kubectl; install it");
+        bail!(
+            "kubectl is not on PATH: the spot-k8s tests drive spot-kube-sim with the real kubectl; install it"
+        );
     }
     // One build of every test target, before moto starts.
-    cargo(root, &["nextest", "run", "--workspace", "--all-targets", "--all-features", "--no-run"])?;
+    cargo(
+        root,
+        &[
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--no-run",
+        ],
+    )?;
 
     let moto = Moto::start(root)?;
     let groups = moto_groups(root)?;
@@ -89,10 +113,14 @@ fn moto_groups(root: &Path) -> Result<Vec<String>> {
             continue;
         }
         let package = package_name(&manifest)?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&tests)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&tests)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
         files.sort();
         for file in files {
-            let Some(stem) = file.file_stem().and_then(|s| s.to_str()) else { continue };
+            let Some(stem) = file.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
             if stem.starts_with("moto_") && file.extension().is_some_and(|e| e == "rs") {
                 groups.push(format!("{package}::{stem}"));
             }
@@ -105,7 +133,11 @@ fn moto_groups(root: &Path) -> Result<Vec<String>> {
 fn package_name(manifest: &Path) -> Result<String> {
     let text = std::fs::read_to_string(manifest)?;
     text.lines()
-        .find_map(|l| l.trim().strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("name = \"")
+                .and_then(|r| r.strip_suffix('"'))
+        })
         .map(str::to_owned)
         .with_context(|| format!("no package name in {}", manifest.display()))
 }
@@ -114,13 +146,22 @@ fn package_name(manifest: &Path) -> Result<String> {
 fn nextest(root: &Path, moto: &Moto, expr: &str) -> Result<Totals> {
     let mut child = Command::new(env_cargo())
         .current_dir(root)
-        .args(["nextest", "run", "--workspace", "--all-targets", "--all-features", "--no-fail-fast"])
+        .args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--no-fail-fast",
+        ])
         .args(["--no-tests", "pass", "-E", expr])
         .env(moto::ENDPOINT_ENV, moto.endpoint())
         .env("SPOT_XTASK_TEST", "1")
         .stderr(Stdio::piped())
         .spawn()
-        .context("running cargo nextest (is cargo-nextest installed? `cargo install cargo-nextest --locked`)")?;
+        .context(
+            "running cargo nextest (is cargo-nextest installed? `cargo install cargo-nextest --locked`)",
+        )?;
     let mut totals = Totals::default();
     let stderr = child.stderr.take().context("nextest stderr")?;
     for line in BufReader::new(stderr).lines() {
@@ -176,7 +217,10 @@ mod tests {
     fn summary_lines() {
         assert_eq!(
             parse_summary("     Summary [   1.234s] 12 tests run: 11 passed, 1 failed, 0 skipped"),
-            Some(Totals { passed: 11, failed: 1 })
+            Some(Totals {
+                passed: 11,
+                failed: 1
+            })
         );
         assert_eq!(
             parse_summary("     Summary [   0.5s] 3 tests run: 2 passed (1 slow), 1 timed out, 2 skipped"),
@@ -193,6 +237,9 @@ mod tests {
     fn finds_moto_groups_of_this_workspace() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let groups = moto_groups(root).unwrap();
-        assert!(groups.contains(&"spot-aws::moto_harness".to_owned()), "{groups:?}");
+        assert!(
+            groups.contains(&"spot-aws::moto_harness".to_owned()),
+            "{groups:?}"
+        );
     }
 }
