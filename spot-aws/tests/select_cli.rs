@@ -667,7 +667,19 @@ fn contradictions_and_unknown_places_exit_2() {
         &["--vcpus-min", "8", "--vcpus-max", "2"],
         &["--vcpus-min 8 is greater than --vcpus-max 2"],
     );
-    assert_usage_error(&["--memory-min", "8", "--memory-max", "4"], &["--memory-min"]);
+    assert_usage_error(
+        &["--memory-min", "8", "--memory-max", "4096mb"],
+        &["--memory-min 8GiB is greater than --memory-max 4GiB"],
+    );
+    assert_usage_error(
+        &[
+            "--vcpus-to-memory-ratio-min",
+            "1:8",
+            "--vcpus-to-memory-ratio-max",
+            "2:4",
+        ],
+        &["--vcpus-to-memory-ratio-min 1:8 is greater than --vcpus-to-memory-ratio-max 1:2"],
+    );
     assert_usage_error(&["--gpus-min", "4", "--gpus-max", "1"], &["--gpus-min"]);
     assert_usage_error(
         &["--price-per-hour-min", "2", "--price-per-hour-max", "1"],

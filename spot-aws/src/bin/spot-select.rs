@@ -14,6 +14,7 @@ use spot_aws::select::output::{self, InstanceGroupOptions, NodePoolOptions, Spot
 use spot_core::catalog::Catalog;
 use spot_core::instance_type::{Architecture, CapacityType, InstanceType};
 use spot_core::price::{CsvPrices, EMBEDDED_SPOT_SEED, OfflinePrices, PriceSource, SpotAdvisor};
+use spot_core::select::ranges::{format_gib, format_ratio};
 use spot_core::select::{
     self, Criteria, NameRegex, Range, Selection, SortDirection, SortKey, ZoneAvailability, flexible, ranges,
 };
@@ -280,19 +281,27 @@ impl Cli {
     fn criteria(&self) -> Result<Criteria, ranges::Error> {
         let mut c = Criteria {
             vcpus: Range::from_flags("vcpus", self.vcpus, self.vcpus_min, self.vcpus_max)?,
-            memory_mib: Range::from_flags("memory", self.memory, self.memory_min, self.memory_max)?,
-            vcpus_to_memory_ratio: Range::from_flags(
+            memory_mib: Range::from_flags_shown(
+                "memory",
+                self.memory,
+                self.memory_min,
+                self.memory_max,
+                format_gib,
+            )?,
+            vcpus_to_memory_ratio: Range::from_flags_shown(
                 "vcpus-to-memory-ratio",
                 self.vcpus_to_memory_ratio,
                 self.vcpus_to_memory_ratio_min,
                 self.vcpus_to_memory_ratio_max,
+                format_ratio,
             )?,
             gpus: Range::from_flags("gpus", self.gpus, self.gpus_min, self.gpus_max)?,
-            gpu_memory_total_mib: Range::from_flags(
+            gpu_memory_total_mib: Range::from_flags_shown(
                 "gpu-memory-total",
                 self.gpu_memory_total,
                 self.gpu_memory_total_min,
                 self.gpu_memory_total_max,
+                format_gib,
             )?,
             gpu_manufacturer: self.gpu_manufacturer.clone(),
             gpu_model: self.gpu_model.clone(),
@@ -315,11 +324,12 @@ impl Cli {
                 self.network_interfaces_min,
                 self.network_interfaces_max,
             )?,
-            instance_storage_mib: Range::from_flags(
+            instance_storage_mib: Range::from_flags_shown(
                 "instance-storage",
                 self.instance_storage,
                 self.instance_storage_min,
                 self.instance_storage_max,
+                format_gib,
             )?,
             price_per_hour: Range::from_flags(
                 "price-per-hour",

@@ -163,12 +163,21 @@ impl Criteria {
                 r.validate(flag)?;
             }
         }
-        let f64_ranges = [
+        let size_ranges = [
             ("memory", &self.memory_mib),
-            ("vcpus-to-memory-ratio", &self.vcpus_to_memory_ratio),
             ("gpu-memory-total", &self.gpu_memory_total_mib),
-            ("network-performance", &self.network_performance_gbps),
             ("instance-storage", &self.instance_storage_mib),
+        ];
+        for (flag, range) in size_ranges {
+            if let Some(r) = range {
+                r.validate_shown(flag, super::ranges::format_gib)?;
+            }
+        }
+        if let Some(r) = &self.vcpus_to_memory_ratio {
+            r.validate_shown("vcpus-to-memory-ratio", super::ranges::format_ratio)?;
+        }
+        let f64_ranges = [
+            ("network-performance", &self.network_performance_gbps),
             ("price-per-hour", &self.price_per_hour),
         ];
         for (flag, range) in f64_ranges {
@@ -386,6 +395,14 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--instance-generation-min 7")
+        );
+        let c = Criteria {
+            memory_mib: Some(Range::between(2048.0, 1024.0)),
+            ..Criteria::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "--memory-min 2GiB is greater than --memory-max 1GiB"
         );
         assert!(Criteria::default().validate().is_ok());
     }

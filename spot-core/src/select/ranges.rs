@@ -110,6 +110,18 @@ impl<T: PartialOrd + Copy + fmt::Display> Range<T> {
         min: Option<T>,
         max: Option<T>,
     ) -> Result<Option<Self>, Error> {
+        Self::from_flags_shown(flag, exact, min, max, |v| v.to_string())
+    }
+
+    /// [`Range::from_flags`], showing bounds in errors with `show` (for values stored in
+    /// another unit than the user writes, such as MiB for `--memory`).
+    pub fn from_flags_shown(
+        flag: &str,
+        exact: Option<T>,
+        min: Option<T>,
+        max: Option<T>,
+        show: impl Fn(T) -> String,
+    ) -> Result<Option<Self>, Error> {
         let range = match (exact, min, max) {
             (None, None, None) => return Ok(None),
             (Some(v), None, None) => Range::exact(v),
@@ -120,13 +132,18 @@ impl<T: PartialOrd + Copy + fmt::Display> Range<T> {
             }
             (None, min, max) => Range { min, max },
         };
-        range.validate(flag)?;
+        range.validate_shown(flag, show)?;
         Ok(Some(range))
     }
 
     /// Checks that both bounds are numbers and `min <= max`; `flag` names the range in the
     /// error.
     pub fn validate(&self, flag: &str) -> Result<(), Error> {
+        self.validate_shown(flag, |v| v.to_string())
+    }
+
+    /// [`Range::validate`], showing bounds in errors with `show`.
+    pub fn validate_shown(&self, flag: &str, show: impl Fn(T) -> String) -> Result<(), Error> {
         for bound in [self.min, self.max].into_iter().flatten() {
             if bound.partial_cmp(&bound).is_none() {
                 return Err(Error::InvalidBound {
@@ -140,8 +157,8 @@ impl<T: PartialOrd + Copy + fmt::Display> Range<T> {
         {
             return Err(Error::Contradiction {
                 flag: flag.to_owned(),
-                min: min.to_string(),
-                max: max.to_string(),
+                min: show(min),
+                max: show(max),
             });
         }
         Ok(())
@@ -151,6 +168,21 @@ impl<T: PartialOrd + Copy + fmt::Display> Range<T> {
     pub fn contains(&self, value: T) -> bool {
         self.min.is_none_or(|min| value >= min) && self.max.is_none_or(|max| value <= max)
     }
+}
+
+fn trimmed(value: f64) -> String {
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Formats MiB as GiB with at most three decimals: `4GiB`, `0.5GiB`.
+pub fn format_gib(mib: f64) -> String {
+    format!("{}GiB", trimmed(mib / 1024.0))
+}
+
+/// Formats GiB per vCPU as a ratio: `1:4`, `1:1.5`.
+pub fn format_ratio(gib_per_vcpu: f64) -> String {
+    format!("1:{}", trimmed(gib_per_vcpu))
 }
 
 impl<T: fmt::Display> fmt::Display for Range<T> {
@@ -250,6 +282,31 @@ mod tests {
             .validate("price-per-hour")
             .unwrap_err();
         assert!(err.to_string().contains("--price-per-hour"), "{err}");
+    }
+
+    #[test]
+    fn shown_bounds_use_the_user_units() {
+        let err =
+            Range::from_flags_shown("memory", None, Some(8192.0), Some(4096.0), format_gib).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--memory-min 8GiB is greater than --memory-max 4GiB"
+        );
+        let err = Range::from_flags_shown("memory", Some(1.0), None, Some(2.0), format_gib).unwrap_err();
+        assert!(matches!(err, Error::ExactWithBounds { .. }), "{err}");
+        let ok = Range::from_flags_shown("memory", None, Some(512.0), None, format_gib).unwrap();
+        assert_eq!(ok, Some(Range::at_least(512.0)));
+        assert_eq!(format_gib(512.0), "0.5GiB");
+        assert_eq!(format_ratio(1.5), "1:1.5");
+        let err = Range::between(8.0, 2.0)
+            .validate_shown("vcpus-to-memory-ratio", format_ratio)
+            .unwrap_err();
+        assert!(err.to_string().contains("-min 1:8 is greater than"), "{err}");
+        assert!(
+            Range::between(f64::NAN, 1.0)
+                .validate_shown("memory", format_gib)
+                .is_err()
+        );
     }
 
     #[test]
