@@ -6,8 +6,9 @@
 //!   replace the whole list). Writers sharing one `KubeNodeActions` are also serialised per
 //!   node, which avoids conflicts among themselves.
 //! - Labels and annotations: JSON merge patches (`null` removes).
-//! - Drain: lists the node's pods with the field selector `spec.nodeName=<node>` (a fresh,
-//!   paginated list at the start and on every poll, not a watch-backed cache), skips mirror,
+//! - Drain: follows the node's pods (field selector `spec.nodeName=<node>`) with a kube-rs
+//!   reflector for the duration of the drain ([`PodSource::Watch`], the default) or with a
+//!   fresh paginated list per poll ([`PodSource::List`]); skips mirror,
 //!   DaemonSet-owned (configurable), terminating and the handler's own pod, and pods with
 //!   emptyDir volumes unless `delete_emptydir_data`; evicts through policy/v1 Eviction,
 //!   non-critical pods before `system-cluster-critical`/`system-node-critical` ones, retries
@@ -31,6 +32,8 @@ use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Taint as KubeTaint};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use spot_core::node::{
@@ -53,10 +56,40 @@ pub struct ActionsConfig {
     pub conflict_retries: u32,
     /// First wait after a conflict (jittered, doubling up to 64 times this).
     pub conflict_backoff: Duration,
-    /// How often a drain re-lists the node's pods while waiting for them to go.
+    /// How often a drain checks (its pod cache, or a fresh list) whether evicted pods are gone.
     pub poll_interval: Duration,
     /// Page size of pod lists.
     pub page_size: u32,
+    /// Where drains read the node's pods from.
+    pub pod_source: PodSource,
+}
+
+/// Where a drain reads the node's pods from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodSource {
+    /// A reflector (list, then watch) over the node's pods for the duration of the drain:
+    /// one list and one watch instead of a list per poll.
+    #[default]
+    Watch,
+    /// A fresh paginated list at the start and on every poll.
+    List,
+}
+
+/// The node's pods as a drain sees them.
+enum PodView {
+    Watch {
+        store: Store<Pod>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    List,
+}
+
+impl Drop for PodView {
+    fn drop(&mut self) {
+        if let PodView::Watch { task, .. } = self {
+            task.abort();
+        }
+    }
 }
 
 impl Default for ActionsConfig {
@@ -66,6 +99,7 @@ impl Default for ActionsConfig {
             conflict_backoff: Duration::from_millis(10),
             poll_interval: Duration::from_secs(1),
             page_size: 500,
+            pod_source: PodSource::default(),
         }
     }
 }
@@ -448,13 +482,14 @@ impl KubeNodeActions {
     async fn wait_gone(
         &self,
         node: &str,
+        view: &PodView,
         pods: &[(PodRef, String)],
         deadline: Instant,
     ) -> Result<Vec<PodRef>, Error> {
         let mut left: Vec<(PodRef, String)> = pods.to_vec();
         loop {
             let present: BTreeSet<String> = self
-                .node_pods(node)
+                .current_pods(node, view)
                 .await?
                 .iter()
                 .filter_map(|p| p.metadata.uid.clone())
@@ -467,13 +502,57 @@ impl KubeNodeActions {
         }
     }
 
+    /// Starts a reflector over the node's pods and waits (until the deadline) for its first
+    /// listing.
+    async fn watch_node_pods(&self, node: &str, deadline: Instant) -> Result<PodView, Error> {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let (store, writer) = reflector::store();
+        let config = watcher::Config::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .page_size(self.config.page_size);
+        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        let node_name = node.to_owned();
+        self.limiter.acquire().await;
+        let task = tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(item) = futures::StreamExt::next(&mut stream).await {
+                if let Err(e) = item {
+                    tracing::warn!(node = %node_name, error = %e, "drain pod watch failed; retrying");
+                }
+            }
+        });
+        let view = PodView::Watch {
+            store: store.clone(),
+            task,
+        };
+        match tokio::time::timeout_at(deadline, store.wait_until_ready()).await {
+            Ok(Ok(())) => Ok(view),
+            _ => Err(api_error(
+                "drain",
+                node,
+                "the pod watch did not sync before the deadline",
+            )),
+        }
+    }
+
+    async fn current_pods(&self, node: &str, view: &PodView) -> Result<Vec<Pod>, Error> {
+        match view {
+            PodView::Watch { store, .. } => Ok(store.state().iter().map(|p| Pod::clone(p)).collect()),
+            PodView::List => self.node_pods(node).await,
+        }
+    }
+
     async fn drain_inner(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
         let deadline = Instant::now() + options.timeout;
         // The node must exist (a missing node is not "drained").
         self.get_node("drain", node).await?;
         let mut report = DrainReport::default();
         let mut waves: [Vec<(PodRef, String)>; 2] = [Vec::new(), Vec::new()];
-        for p in self.node_pods(node).await? {
+        let view = match self.config.pod_source {
+            PodSource::Watch => self.watch_node_pods(node, deadline).await?,
+            PodSource::List => PodView::List,
+        };
+        for p in self.current_pods(node, &view).await? {
             let r = pod_ref(&p);
             if let Some(reason) = skip_reason(&p, options) {
                 tracing::info!(node, pod = %r, reason, "drain skips pod");
@@ -506,7 +585,7 @@ impl KubeNodeActions {
                     remaining.push(p.clone());
                 }
             }
-            let left = self.wait_gone(node, &evicted, deadline).await?;
+            let left = self.wait_gone(node, &view, &evicted, deadline).await?;
             report.evicted.extend(
                 evicted
                     .iter()

@@ -377,3 +377,64 @@ async fn get_pods_watch_sees_evictions() {
     let remaining: Vec<Value> = ts.sim().list("v1", "Pod", Some("default"));
     assert_eq!(remaining.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_seeded_cluster_until_sigterm() {
+    common::require_kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spot-kube-sim"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--nodes",
+            "3",
+            "--pods-per-node",
+            "2",
+            "--kubelet-sim",
+            "--write-kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn spot-kube-sim");
+    let stdout = child.stdout.take().unwrap();
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let addr: std::net::SocketAddr = addr.trim().parse().expect("the bound address on stdout");
+    assert!(
+        std::fs::read_to_string(&kubeconfig)
+            .unwrap()
+            .contains(&format!("server: http://{addr}"))
+    );
+    let kc = kubeconfig.clone();
+    let home = dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["get", "pods", "-A", "-o", "name"])
+            .env("HOME", &home)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exits cleanly on SIGTERM: {status:?}");
+}

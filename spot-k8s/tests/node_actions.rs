@@ -12,7 +12,7 @@ use kube::Api;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use spot_core::node::{DrainOptions, Error, MetadataPatch, NodeActions, PodRef, Taint, TaintEffect};
-use spot_k8s::actions::{ActionsConfig, KubeNodeActions};
+use spot_k8s::actions::{ActionsConfig, KubeNodeActions, PodSource};
 use spot_k8s::sim::SimConfig;
 
 fn fast() -> ActionsConfig {
@@ -378,11 +378,16 @@ async fn drain_past_deadline_names_remaining_pods_or_forces() {
         "the unprotected pod was evicted"
     );
 
+    // The same drain from fresh lists instead of a watch, forcing at the deadline.
+    let listing = KubeNodeActions::new(ts.client()).with_config(ActionsConfig {
+        pod_source: PodSource::List,
+        ..fast()
+    });
     let forced = DrainOptions {
         force_at_deadline: true,
         ..options
     };
-    let report = actions.drain("n1", &forced).await.unwrap();
+    let report = listing.drain("n1", &forced).await.unwrap();
     let mut f: Vec<String> = report.forced.iter().map(ToString::to_string).collect();
     f.sort();
     assert_eq!(f, ["default/db-0", "kube-system/critical"]);
@@ -452,4 +457,77 @@ async fn drain_with_replicaset_controller_and_scheduler_moves_pods() {
         pods_on(sim, "sim-node-0").is_empty(),
         "the cordoned node gets no new pods"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taint_and_drain_publish_events_and_share_the_rate_limit() {
+    let ts = TestSim::start(SimConfig::default()).await;
+    ts.sim().insert(node("n1")).unwrap();
+    ts.sim()
+        .insert(running_pod("default", "p", "n1", json!({})))
+        .unwrap();
+    let client = ts.client();
+    // 20 requests per second, no burst to speak of: shared by two instances.
+    let limiter = spot_k8s::RateLimiter::new(20.0, 1).unwrap();
+    let reporter = Reporter {
+        controller: "spot-nth".into(),
+        instance: None,
+    };
+    let a = KubeNodeActions::new(client.clone())
+        .with_rate_limiter(limiter.clone())
+        .with_events(reporter.clone());
+    let b = KubeNodeActions::new(client.clone())
+        .with_rate_limiter(limiter)
+        .with_config(fast());
+    let start = tokio::time::Instant::now();
+    // a: get + replace + event = 3 requests; b: drain = node get, watch list, eviction,
+    // events none; plus 10 untaints of absent taints (1 get each).
+    a.taint("n1", &Taint::new("spot/itn", "e1", TaintEffect::NoSchedule))
+        .await
+        .unwrap();
+    let drain_options = DrainOptions {
+        timeout: Duration::from_secs(10),
+        ..DrainOptions::default()
+    };
+    let (_, report) = tokio::join!(
+        async {
+            for i in 0..10 {
+                assert!(
+                    !b.untaint("n1", &format!("absent/{i}"), TaintEffect::NoSchedule)
+                        .await
+                        .unwrap()
+                );
+            }
+        },
+        a.drain("n1", &drain_options)
+    );
+    let report = report.unwrap();
+    assert_eq!(
+        report.evicted,
+        [PodRef {
+            namespace: "default".into(),
+            name: "p".into()
+        }]
+    );
+    // At least 3 + 10 + 4 token acquisitions at 20/s after the first.
+    assert!(
+        start.elapsed() >= Duration::from_millis(750),
+        "{:?}",
+        start.elapsed()
+    );
+    let events: Api<KubeEvent> = Api::namespaced(client, "default");
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for want in ["Taint", "Drain", "Drained"] {
+        assert!(
+            reasons.contains(&want.to_owned()),
+            "{want} missing from {reasons:?}"
+        );
+    }
 }
