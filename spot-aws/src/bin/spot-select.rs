@@ -407,6 +407,17 @@ fn fetch_live(cli: &Cli) -> Result<LiveCatalog, Failure> {
     })
 }
 
+fn ig_options(cli: &Cli) -> InstanceGroupOptions {
+    InstanceGroupOptions {
+        cluster: cli.cluster_name.clone(),
+        min_size: cli.min_size,
+        max_size: cli.max_size,
+        capacity_type: cli.capacity_type(),
+        spot_allocation_strategy: cli.spot_allocation_strategy,
+        subnets: cli.availability_zones.clone(),
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), Failure> {
     if cli.min_size > cli.max_size {
         return Err(Failure::Usage(format!(
@@ -469,15 +480,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             note(&s, &format!("{name}: "));
             groups.push((name, s.selected));
         }
-        let options = InstanceGroupOptions {
-            cluster: cli.cluster_name.clone(),
-            min_size: cli.min_size,
-            max_size: cli.max_size,
-            capacity_type: cli.capacity_type(),
-            spot_allocation_strategy: cli.spot_allocation_strategy,
-            subnets: cli.availability_zones.clone(),
-        };
-        output::instance_groups(&groups, &options).map_err(|e| Failure::Runtime(e.to_string()))?
+        output::instance_groups(&groups, &ig_options(cli)).map_err(|e| Failure::Runtime(e.to_string()))?
     } else {
         let s = run_one(&criteria)?;
         note(&s, "");
@@ -500,7 +503,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     },
                 )
                 .map_err(|e| Failure::Runtime(e.to_string()))?,
-                Format::Instancegroup => unreachable!("handled above"),
+                Format::Instancegroup => {
+                    output::instance_groups(&[(cli.name.clone(), items.clone())], &ig_options(cli))
+                        .map_err(|e| Failure::Runtime(e.to_string()))?
+                }
             }
         }
     };

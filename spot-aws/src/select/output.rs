@@ -2,7 +2,6 @@
 //! Karpenter `NodePool` or of kOps `InstanceGroup`s.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -482,7 +481,7 @@ pub fn instance_groups(
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        let _ = write!(out, "{}", serde_yaml::to_string(&group)?);
+        out.push_str(&serde_yaml::to_string(&group)?);
     }
     Ok(out)
 }
