@@ -211,7 +211,7 @@ pub struct Selection {
     pub selected: Vec<Selected>,
     /// Matching types dropped by `max_results`.
     pub truncated: usize,
-    /// Set when nothing matched.
+    /// Set when nothing matched (not when `max_results` dropped every match).
     pub explanation: Option<Explanation>,
 }
 
@@ -322,6 +322,7 @@ pub fn select(
         .collect();
 
     sort::sort(&mut selected, criteria.sort_by, criteria.sort_direction);
+    let matched = selected.len();
     let mut truncated = 0;
     if let Some(max) = criteria.max_results
         && selected.len() > max
@@ -329,7 +330,7 @@ pub fn select(
         truncated = selected.len() - max;
         selected.truncate(max);
     }
-    let explanation = selected.is_empty().then(|| Explanation {
+    let explanation = (matched == 0).then(|| Explanation {
         region: region.to_owned(),
         candidates: prepared.len(),
         filters: checks
@@ -702,6 +703,12 @@ pub(crate) mod tests {
         assert_eq!(names, ["c5a.large", "m4.large"]);
         assert_eq!(s.truncated, 9);
         assert_eq!(s.explanation, None);
+        let c = Criteria {
+            max_results: Some(0),
+            ..Criteria::default()
+        };
+        let s = select(&c, &f.types, &f.offerings, &f.prices).unwrap();
+        assert_eq!((s.selected.len(), s.truncated, s.explanation), (0, 11, None));
     }
 
     #[test]
