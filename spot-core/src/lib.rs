@@ -5,7 +5,8 @@
 //!
 //! - Quantities and resources: [`quantity`], [`resources`].
 //! - Scheduling vocabulary: [`labels`], [`requirements`].
-//! - Capacity: [`instance_type`], [`allocatable`], [`catalog`], [`price`].
+//! - Capacity: [`instance_type`], [`allocatable`], [`catalog`], [`price`], and instance-type
+//!   selection: [`select`].
 //! - Interruptions: [`event`], and the seams that produce and act on them: [`source`],
 //!   [`node`], [`cloud`], [`clock`], [`leader`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
