@@ -4,6 +4,7 @@
 //!   [`spot_core::node::NodeActions`] (cordon, conflict-safe taints, labels, annotations, and
 //!   drains through the policy/v1 Eviction API), with a shared client-side
 //!   [`ratelimit::RateLimiter`] and Kubernetes Events.
+//! - [`nodes`]: finding a node by instance id through `spec.providerID`.
 //! - [`lease`]: leader election on a coordination.k8s.io Lease ([`lease::LeaseElector`]).
 //! - [`sim`] (feature `sim`): `spot-kube-sim`, an in-process Kubernetes API simulator that
 //!   kube-rs and `kubectl` talk to over HTTP.
@@ -14,6 +15,7 @@
 
 pub mod actions;
 pub mod lease;
+pub mod nodes;
 pub mod ratelimit;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
