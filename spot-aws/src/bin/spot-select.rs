@@ -232,7 +232,7 @@ struct Cli {
     #[arg(long, value_parser = sort_direction, default_value = "ascending")]
     sort_direction: SortDirection,
     /// Diversified general-purpose set: x86_64, no bare metal, not burstable, generation 5+,
-    /// families [cmr][3-9][agi]?, 4 vCPUs unless --vcpus/--memory, ratio 1:2 to 1:8 unless
+    /// families `[cmr][3-9][agi]?`, 4 vCPUs unless --vcpus/--memory, ratio 1:2 to 1:8 unless
     /// given. Only fills filters you left unset.
     #[arg(long)]
     flexible: bool,
