@@ -24,11 +24,26 @@ async fn get_cordon_taint_label() {
         out.lines().collect::<Vec<_>>(),
         ["node/sim-node-0", "node/sim-node-1"]
     );
+    // Server-side Table printing, wide columns included.
     let out = ts.kubectl_ok(&["get", "pods", "-A", "-o", "wide"]).await;
-    assert!(
-        out.contains("sim-app-0-0") && out.contains("sim-app-1-1"),
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header[..6],
+        ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         "{out}"
     );
+    assert!(header.contains(&"NODE") && header.contains(&"IP"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("sim-app-1-1"))
+        .expect("a row per pod");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (cells[0], cells[2], cells[3]),
+        ("default", "1/1", "Running"),
+        "{row}"
+    );
+    assert!(cells.contains(&"sim-node-1"), "{row}");
     let out = ts
         .kubectl_ok(&[
             "get",
@@ -47,6 +62,12 @@ async fn get_cordon_taint_label() {
     assert!(out.contains("cordoned"), "{out}");
     let node = ts.sim().get("v1", "Node", "", "sim-node-0").unwrap();
     assert_eq!(node["spec"]["unschedulable"], true);
+    let out = ts.kubectl_ok(&["get", "nodes", "-o", "wide"]).await;
+    let row = out.lines().find(|l| l.starts_with("sim-node-0")).unwrap();
+    assert!(
+        row.contains("Ready,SchedulingDisabled") && row.contains("m5.xlarge"),
+        "{out}"
+    );
     ts.kubectl_ok(&["uncordon", "sim-node-0"]).await;
     let node = ts.sim().get("v1", "Node", "", "sim-node-0").unwrap();
     assert_ne!(node["spec"]["unschedulable"], true);

@@ -19,6 +19,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::store::{
     ApiError, Change, ChangeKind, ListQuery, ResourceType, WriteMode, name_of, namespace_of, uid_of,
 };
+use super::table;
 
 /// The Kubernetes version the simulator reports.
 pub const SERVER_VERSION: (&str, &str) = ("1", "33");
@@ -204,14 +205,19 @@ async fn route(
     if target.rt.namespaced && target.name.is_some() && target.namespace.is_none() {
         return Err(not_found());
     }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let as_table = table::wants_table(accept);
     match (
         method.clone(),
         target.name.is_some(),
         target.subresource.as_deref(),
     ) {
-        (Method::GET, false, None) if query_bool(query, "watch") => watch(sim, &target, query),
-        (Method::GET, false, None) => list(sim, &target, query),
-        (Method::GET, true, None | Some("status")) => get(sim, &target),
+        (Method::GET, false, None) if query_bool(query, "watch") => watch(sim, &target, query, as_table),
+        (Method::GET, false, None) => list(sim, &target, query, as_table),
+        (Method::GET, true, None | Some("status")) => get(sim, &target, as_table),
         (Method::POST, false, None) => create(sim, &target, query, body),
         (Method::POST, true, Some("eviction")) if target.rt.kind == "Pod" => evict(sim, &target, query, body),
         (Method::POST, true, Some("binding")) if target.rt.kind == "Pod" => bind(sim, &target, body),
@@ -404,17 +410,32 @@ fn with_version(obj: &Value, target: &Target) -> Value {
     o
 }
 
-fn get(sim: &Shared, t: &Target) -> Result<Response, ApiError> {
+fn get(sim: &Shared, t: &Target, as_table: bool) -> Result<Response, ApiError> {
     let store = sim.lock();
     let obj = store.get(
         &t.rt,
         t.namespace.as_deref().unwrap_or_default(),
         t.name.as_deref().unwrap_or_default(),
     )?;
+    if as_table {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .cloned()
+            .unwrap_or_default();
+        return Ok(json_response(
+            200,
+            &table::table(&t.rt.kind, [obj.as_ref()], json!({"resourceVersion": rv})),
+        ));
+    }
     Ok(obj_response(200, &with_version(&obj, t)))
 }
 
-fn list(sim: &Shared, t: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+fn list(
+    sim: &Shared,
+    t: &Target,
+    query: &HashMap<String, String>,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     let q = list_query(query)?;
     let store = sim.lock();
     let (items, next) = store.list(&t.rt, t.namespace.as_deref(), &q)?;
@@ -424,6 +445,12 @@ fn list(sim: &Shared, t: &Target, query: &HashMap<String, String>) -> Result<Res
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = next {
         meta["continue"] = json!(c);
+    }
+    if as_table {
+        return Ok(json_response(
+            200,
+            &table::table(&t.rt.kind, items.iter().map(AsRef::as_ref), meta),
+        ));
     }
     // Serialise item by item: lists can hold 100,000 pods.
     let mut out = Vec::with_capacity(items.len() * 512 + 256);
@@ -795,7 +822,12 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(line)
 }
 
-fn watch(sim: &Arc<Shared>, t: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+fn watch(
+    sim: &Arc<Shared>,
+    t: &Target,
+    query: &HashMap<String, String>,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     let q = list_query(query)?;
     let bookmarks = query_bool(query, "allowWatchBookmarks");
     let send_initial = query_bool(query, "sendInitialEvents");
@@ -868,8 +900,15 @@ fn watch(sim: &Arc<Shared>, t: &Target, query: &HashMap<String, String>) -> Resu
     let rt2 = t.rt.clone();
     let with_av = {
         let av = t.rt.api_version(&t.version);
+        let kind = t.rt.kind.clone();
         move |o: &Value| {
-            if o.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) {
+            if as_table {
+                let rv = o
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or_default();
+                table::table(&kind, [o], json!({"resourceVersion": rv}))
+            } else if o.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) {
                 o.clone()
             } else {
                 let mut o = o.clone();
@@ -922,10 +961,11 @@ fn watch(sim: &Arc<Shared>, t: &Target, query: &HashMap<String, String>) -> Resu
                         }
                         last_rv = last_rv.max(change.rv);
                         if let Some((kind, obj)) = visible(&change, &rt2, ns.as_deref(), &q) {
-                            let mut obj = with_av(&obj);
+                            let mut obj = (*obj).clone();
                             if kind == ChangeKind::Deleted {
                                 obj["metadata"]["resourceVersion"] = json!(change.rv.to_string());
                             }
+                            let obj = with_av(&obj);
                             if tx.send(event_line(kind.as_str(), &obj)).await.is_err() {
                                 return;
                             }

@@ -21,6 +21,7 @@ pub mod eviction;
 pub mod patch;
 pub mod selector;
 pub mod store;
+pub mod table;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -513,7 +514,7 @@ pub fn sim_node(name: &str, zone: &str, instance_type: &str, cpu: &str, memory: 
             "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status", "lastHeartbeatTime": store::now_timestamp(), "lastTransitionTime": store::now_timestamp()}],
             "nodeInfo": {"kubeletVersion": format!("v{}.{}.0", api::SERVER_VERSION.0, api::SERVER_VERSION.1), "architecture": "amd64", "operatingSystem": "linux", "containerRuntimeVersion": "containerd://2.0.0"},
-            "addresses": [{"type": "Hostname", "address": name}],
+            "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", name.len() % 250, name.bytes().map(u32::from).sum::<u32>() % 250 + 2)}, {"type": "Hostname", "address": name}],
         },
     })
 }
