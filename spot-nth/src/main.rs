@@ -27,6 +27,7 @@ use spot_nth::webhook::Webhook;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
+    spot_nth::install_crypto_provider();
     let cli = match config::parse_from(std::env::args_os(), |k| std::env::var(k).ok()) {
         Ok(cli) => cli,
         Err(config::Error::Cli(e)) => {
@@ -308,12 +309,12 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let nodes: Arc<dyn NodeActions> = Arc::new(actions);
 
-    let (source, lookup, lifecycle, leader): (
-        Arc<dyn EventSource>,
-        Arc<dyn NodeLookup>,
-        Option<Arc<dyn Lifecycle>>,
-        Arc<dyn LeaderGate>,
-    ) = match mode {
+    let Wiring {
+        source,
+        lookup,
+        lifecycle,
+        leader,
+    } = match mode {
         Mode::Imds => {
             let node = s.node_name.clone().unwrap_or_default();
             let imds = ImdsConfig {
@@ -323,12 +324,12 @@ async fn run(cli: Cli) -> Result<()> {
                 ..ImdsConfig::default()
             };
             let source = ImdsSource::new(&imds)?.with_clock(clock.clone());
-            (
-                Arc::new(source),
-                Arc::new(ThisNode(node)),
-                None,
-                Arc::new(AlwaysLeader),
-            )
+            Wiring {
+                source: Arc::new(source),
+                lookup: Arc::new(ThisNode(node)),
+                lifecycle: None,
+                leader: Arc::new(AlwaysLeader),
+            }
         }
         Mode::Queue => {
             let queue_url = s.queue_url.clone().unwrap_or_default();
@@ -369,12 +370,12 @@ async fn run(cli: Cli) -> Result<()> {
                 LeaseTiming::default(),
                 clock.clone(),
             )?;
-            (
-                Arc::new(sqs),
-                Arc::new(lookup),
-                Some(Arc::new(lifecycle)),
-                Arc::new(LeaseElector::start(lock)),
-            )
+            Wiring {
+                source: Arc::new(sqs),
+                lookup: Arc::new(lookup),
+                lifecycle: Some(Arc::new(lifecycle)),
+                leader: Arc::new(LeaseElector::start(lock)),
+            }
         }
     };
 

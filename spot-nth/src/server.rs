@@ -69,6 +69,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        crate::install_crypto_provider();
         let client = reqwest::Client::new();
 
         let r = client.get(format!("{base}/healthz")).send().await.unwrap();

@@ -154,6 +154,7 @@ impl Webhook {
         let headers: BTreeMap<String, String> = serde_json::from_str(headers_json)
             .map_err(|e| Error::Headers(format!("{e}: {headers_json:?}")))?;
         let template = Template::parse(template)?;
+        crate::install_crypto_provider();
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
         if let Some(proxy) = proxy.filter(|p| !p.is_empty()) {
             let p = reqwest::Proxy::all(proxy).map_err(|e| Error::Proxy {
