@@ -357,7 +357,18 @@ async fn run(cli: Cli) -> Result<()> {
                 check_tag: s.check_tag_before_draining,
                 provider_id: s.use_provider_id.then(|| client.clone()),
             };
-            let lifecycle = AsgLifecycle(LifecycleClient::new(aws_sdk_autoscaling::Client::new(&sdk)));
+            // The SDKs' per-service endpoint variable wins over AWS_ENDPOINT for Auto Scaling
+            // (emulators such as moto do not implement the lifecycle-action calls).
+            let mut asg = aws_sdk_autoscaling::config::Builder::from(&sdk);
+            if let Some(url) = std::env::var("AWS_ENDPOINT_URL_AUTO_SCALING")
+                .ok()
+                .filter(|u| !u.is_empty())
+            {
+                asg = asg.endpoint_url(url);
+            }
+            let lifecycle = AsgLifecycle(LifecycleClient::new(aws_sdk_autoscaling::Client::from_conf(
+                asg.build(),
+            )));
             let namespace = s
                 .namespace
                 .clone()
