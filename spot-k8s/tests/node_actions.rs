@@ -524,6 +524,22 @@ async fn taint_and_drain_publish_events_and_share_the_rate_limit() {
         .into_iter()
         .filter_map(|e| e.reason)
         .collect();
+    // The same events through the core/v1 view (what `kubectl get events` reads).
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(ts.client(), "default");
+    let core_events = core.list(&Default::default()).await.unwrap().items;
+    let drained = core_events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Drained"))
+        .expect("core/v1 view");
+    assert_eq!(drained.involved_object.name.as_deref(), Some("n1"));
+    assert!(
+        drained
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("1 evicted"),
+        "{drained:?}"
+    );
     for want in ["Taint", "Drain", "Drained"] {
         assert!(
             reasons.contains(&want.to_owned()),

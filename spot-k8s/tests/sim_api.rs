@@ -22,6 +22,29 @@ fn code(e: &kube::Error) -> u16 {
     }
 }
 
+/// The names in each complete listing a watcher stream reports (InitDone).
+fn reflector_names(
+    stream: impl futures::Stream<Item = Result<watcher::Event<Pod>, watcher::Error>>,
+) -> impl futures::Stream<Item = Vec<String>> {
+    stream
+        .scan(Vec::new(), |acc, ev| {
+            let out = match ev {
+                Ok(watcher::Event::Init) => {
+                    acc.clear();
+                    None
+                }
+                Ok(watcher::Event::InitApply(p)) => {
+                    acc.push(p.metadata.name.unwrap_or_default());
+                    None
+                }
+                Ok(watcher::Event::InitDone) => Some(std::mem::take(acc)),
+                _ => None,
+            };
+            futures::future::ready(Some(out))
+        })
+        .filter_map(futures::future::ready)
+}
+
 /// A `Patch::Json` from JSON (kube does not re-export the json-patch types).
 fn json_patch(v: Value) -> Patch<()> {
     Patch::Json(serde_json::from_value(v).expect("valid JSON patch"))
@@ -301,6 +324,19 @@ async fn watcher_lists_then_watches_and_recovers_from_gone() {
         }
     }
     assert!(gone >= 1, "the watch hit 410 Gone and recovered by relisting");
+
+    // Streaming lists (sendInitialEvents): initial ADDED events, then the
+    // initial-events-end bookmark, then changes.
+    let streaming = watcher(
+        pods.clone(),
+        watcher::Config::default().labels("app=w").streaming_lists(),
+    );
+    let mut streaming = Box::pin(reflector_names(streaming));
+    let names = tokio::time::timeout(Duration::from_secs(10), streaming.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(names.len(), 41, "{names:?}");
 
     // Raw watch from a compacted resourceVersion: an ERROR event with a 410 Status.
     let (status, _) = {

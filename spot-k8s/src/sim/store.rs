@@ -801,6 +801,7 @@ impl Store {
         let obj = Arc::new(obj);
         self.objects.entry(rt.key()).or_default().insert(key, obj.clone());
         self.record(rt, ChangeKind::Added, obj.clone(), None);
+        self.mirror_event(rt, &obj, false);
         Ok(obj)
     }
 
@@ -934,6 +935,7 @@ impl Store {
             .or_default()
             .insert((ns.to_owned(), name.to_owned()), obj.clone());
         self.record(rt, ChangeKind::Modified, obj.clone(), Some(current));
+        self.mirror_event(rt, &obj, false);
         if deleting && finalizers_empty && !waiting_for_kubelet {
             self.remove(rt, ns, name);
         }
@@ -951,8 +953,63 @@ impl Store {
         metadata_mut(&mut last).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let last = Arc::new(last);
         self.record(rt, ChangeKind::Deleted, last.clone(), None);
+        self.mirror_event(rt, &last, true);
         self.collect_garbage(uid_of(&old).to_owned(), ns);
         Some(last)
+    }
+
+    /// Mirrors an events.k8s.io/v1 Event into the core/v1 view, as the API server serves both
+    /// from one storage (so `kubectl get events` shows what a kube-rs `Recorder` wrote).
+    fn mirror_event(&mut self, rt: &ResourceType, event: &Value, deleted: bool) {
+        if rt.group != "events.k8s.io" || rt.plural != "events" {
+            return;
+        }
+        let Some(core) = self.find("", "events") else {
+            return;
+        };
+        let (ns, name) = (namespace_of(event).to_owned(), name_of(event).to_owned());
+        if deleted {
+            self.remove(&core, &ns, &name);
+            return;
+        }
+        let time = event
+            .get("eventTime")
+            .and_then(Value::as_str)
+            .map(|t| format!("{}Z", t.get(..19).unwrap_or(t)))
+            .unwrap_or_else(now_timestamp);
+        let last = event
+            .pointer("/series/lastObservedTime")
+            .and_then(Value::as_str)
+            .map(|t| format!("{}Z", t.get(..19).unwrap_or(t)))
+            .unwrap_or_else(|| time.clone());
+        let controller = event.get("reportingController").cloned().unwrap_or_default();
+        let mut converted = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": event.get("regarding").cloned().unwrap_or_default(),
+            "reason": event.get("reason").cloned().unwrap_or_default(),
+            "message": event.get("note").cloned().unwrap_or_default(),
+            "type": event.get("type").cloned().unwrap_or_default(),
+            "action": event.get("action").cloned().unwrap_or_default(),
+            "source": {"component": controller},
+            "reportingComponent": controller,
+            "reportingInstance": event.get("reportingInstance").cloned().unwrap_or_default(),
+            "firstTimestamp": time,
+            "lastTimestamp": last,
+            "count": event.pointer("/series/count").cloned().unwrap_or(json!(1)),
+        });
+        match self.get(&core, &ns, &name) {
+            Ok(cur) => {
+                converted["metadata"] = cur.get("metadata").cloned().unwrap_or_default();
+                if let Some(m) = converted["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                let _ = self.update(&core, &ns, &name, converted, WriteMode::Internal, false);
+            }
+            Err(_) => {
+                let _ = self.create(&core, Some(&ns), converted, false);
+            }
+        }
     }
 
     /// Deletes objects owned (ownerReferences) by a removed controller object.
