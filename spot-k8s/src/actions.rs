@@ -139,6 +139,13 @@ fn status_code(e: &kube::Error) -> Option<u16> {
     }
 }
 
+/// `now + after`, saturating at about 30 years for absurd durations.
+fn later(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
 /// A pseudo-random number in `[0, 1)` for backoff jitter.
 fn jitter() -> f64 {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -392,7 +399,9 @@ impl KubeNodeActions {
                     // Jitter spreads competing writers apart.
                     let wait = backoff.mul_f64(0.5 + jitter());
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(self.config.conflict_backoff * 64);
+                    backoff = backoff
+                        .saturating_mul(2)
+                        .min(self.config.conflict_backoff.saturating_mul(64));
                 }
                 Err(e) if status_code(&e) == Some(404) => return Err(Error::NodeNotFound(node.to_owned())),
                 Err(e) => return Err(api_error(action, node, e)),
@@ -467,9 +476,11 @@ impl KubeNodeActions {
                             pdb_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         tracing::info!(node, pod = %pod, error = %e, "eviction refused; retrying");
-                        let wake = (Instant::now() + backoff).min(deadline);
+                        let wake = later(backoff).min(deadline);
                         tokio::time::sleep_until(wake).await;
-                        backoff = (backoff * 2).min(options.eviction_retry * 8);
+                        backoff = backoff
+                            .saturating_mul(2)
+                            .min(options.eviction_retry.saturating_mul(8));
                     }
                     _ => return Err(api_error("drain", node, format!("evicting {pod}: {e}"))),
                 },
@@ -498,7 +509,7 @@ impl KubeNodeActions {
             if left.is_empty() || Instant::now() >= deadline {
                 return Ok(left.into_iter().map(|(p, _)| p).collect());
             }
-            tokio::time::sleep_until((Instant::now() + self.config.poll_interval).min(deadline)).await;
+            tokio::time::sleep_until(later(self.config.poll_interval).min(deadline)).await;
         }
     }
 
@@ -543,7 +554,7 @@ impl KubeNodeActions {
     }
 
     async fn drain_inner(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
-        let deadline = Instant::now() + options.timeout;
+        let deadline = later(options.timeout);
         // The node must exist (a missing node is not "drained").
         self.get_node("drain", node).await?;
         let mut report = DrainReport::default();

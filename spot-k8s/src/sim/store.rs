@@ -352,7 +352,9 @@ pub fn now_timestamp() -> String {
 
 /// A Kubernetes timestamp `seconds` from now.
 pub fn timestamp_in(seconds: i64) -> String {
-    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);
+    // Request input (grace periods) can be absurd: saturate rather than overflow.
+    let now = time::OffsetDateTime::now_utc();
+    let t = now.checked_add(time::Duration::seconds(seconds)).unwrap_or(now);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         t.year(),
@@ -1350,6 +1352,17 @@ mod tests {
         assert_eq!(obj["metadata"]["deletionGracePeriodSeconds"], 10);
         let (_, gone) = s.delete(&t, "default", "b", Some(0), true, false).unwrap();
         assert!(gone);
+    }
+
+    #[test]
+    fn absurd_grace_periods_do_not_overflow() {
+        assert_eq!(timestamp_in(i64::MAX).len(), 20);
+        let mut s = Store::new(100);
+        let t = pods(&s);
+        s.create(&t, Some("default"), pod("a"), false).unwrap();
+        let (obj, gone) = s.delete(&t, "default", "a", Some(i64::MAX), true, false).unwrap();
+        assert!(!gone);
+        assert!(obj.pointer("/metadata/deletionTimestamp").is_some());
     }
 
     #[test]
