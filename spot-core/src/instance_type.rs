@@ -136,7 +136,10 @@ impl NameParts {
             return Err(Error::Name(name.to_owned()));
         }
         let category: String = family.chars().take_while(|c| c.is_ascii_lowercase()).collect();
-        let digits: String = family[category.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = family[category.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
         Ok(NameParts {
             family: family.to_owned(),
             generation: digits.parse().unwrap_or(0),
@@ -239,14 +242,58 @@ pub struct Offering {
     pub available: bool,
 }
 
+/// Bandwidth from EC2's network performance text, used when no network card reports a
+/// baseline: `Up to 12.5 Gigabit` → 12.5, `4x 100 Gigabit` → 400, `25 Gigabit` → 25. The
+/// qualitative levels of old generations map to small figures: `Very Low` 0.05,
+/// `Low` 0.1, `Low to Moderate` 0.3, `Moderate` 0.5, `High` 1; anything else 0.
+pub fn network_gbps_from_text(text: &str) -> f64 {
+    match text.trim() {
+        "Very Low" => return 0.05,
+        "Low" => return 0.1,
+        "Low to Moderate" => return 0.3,
+        "Moderate" => return 0.5,
+        "High" => return 1.0,
+        _ => {}
+    }
+    let Some(rest) = text.trim().strip_suffix("Gigabit") else {
+        return 0.0;
+    };
+    let rest = rest.trim().trim_start_matches("Up to").trim();
+    let (count, each) = match rest.split_once("x ") {
+        Some((n, v)) => (n.trim().parse::<f64>().ok(), v.trim()),
+        None => (Some(1.0), rest),
+    };
+    match (count, each.parse::<f64>()) {
+        (Some(n), Ok(v)) => n * v,
+        _ => 0.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn network_text() {
+        assert_eq!(network_gbps_from_text("Up to 12.5 Gigabit"), 12.5);
+        assert_eq!(network_gbps_from_text("4x 100 Gigabit"), 400.0);
+        assert_eq!(network_gbps_from_text("25 Gigabit"), 25.0);
+        assert_eq!(network_gbps_from_text("Low to Moderate"), 0.3);
+        assert_eq!(network_gbps_from_text("Ludicrous"), 0.0);
+    }
+
+    #[test]
     fn name_parts() {
         let p = NameParts::parse("m5dn.2xlarge").unwrap();
-        assert_eq!((p.family.as_str(), p.category.as_str(), p.generation, p.size.as_str()), ("m5dn", "m", 5, "2xlarge"));
+        assert_eq!(
+            (
+                p.family.as_str(),
+                p.category.as_str(),
+                p.generation,
+                p.size.as_str()
+            ),
+            ("m5dn", "m", 5, "2xlarge")
+        );
         let p = NameParts::parse("u-6tb1.metal").unwrap();
         assert_eq!((p.category.as_str(), p.generation), ("u", 0));
         let p = NameParts::parse("mac2-m2pro.metal").unwrap();

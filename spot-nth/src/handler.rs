@@ -675,15 +675,28 @@ impl Handler {
         let EventKind::AsgLifecycle(action) = &event.kind else {
             return Ok(());
         };
+        if let (Some(delay), Some(_), false) = (
+            self.cfg.complete_lifecycle_delay,
+            &self.lifecycle,
+            self.cfg.dry_run,
+        ) {
+            tokio::time::sleep(delay).await;
+        }
+        self.complete_action(event, action).await
+    }
+
+    /// CompleteLifecycleAction(CONTINUE) for `action` (only logged in dry run).
+    async fn complete_action(
+        &self,
+        event: &InterruptionEvent,
+        action: &LifecycleAction,
+    ) -> Result<(), Error> {
         let Some(lifecycle) = &self.lifecycle else {
             return Ok(());
         };
         if self.cfg.dry_run {
             info!(instance = %event.instance_id, hook = %action.hook_name, "dry run: would complete the lifecycle action");
             return Ok(());
-        }
-        if let Some(delay) = self.cfg.complete_lifecycle_delay {
-            tokio::time::sleep(delay).await;
         }
         let result = lifecycle.complete(&event.instance_id, action).await;
         self.metrics.action(
@@ -840,22 +853,7 @@ impl Handler {
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
-        let Some(lifecycle) = &self.lifecycle else {
-            return Ok(());
-        };
-        if self.cfg.dry_run {
-            info!(node, "dry run: would complete the launch lifecycle action");
-            return Ok(());
-        }
-        let result = lifecycle.complete(&event.instance_id, action).await;
-        self.metrics.action(
-            "complete-lifecycle-action",
-            if result.is_ok() { "success" } else { "error" },
-        );
-        result.map_err(|message| Error::Lifecycle {
-            instance: event.instance_id.clone(),
-            message,
-        })
+        self.complete_action(event, action).await
     }
 
     /// Metadata mode at start-up: a node cordoned for a scheduled reboot that has since

@@ -408,7 +408,7 @@ fn type_line(info: &TypeInfo) -> Result<String> {
         .filter_map(|c| c.baseline_bandwidth_in_gbps)
         .collect();
     let gbps = if baselines.is_empty() {
-        network_gbps_from_text(&net.network_performance)
+        spot_core::instance_type::network_gbps_from_text(&net.network_performance)
     } else {
         baselines.iter().sum()
     };
@@ -457,45 +457,9 @@ fn format_gbps(gbps: f64) -> String {
     }
 }
 
-/// Bandwidth from EC2's network performance text, used when no network card reports a
-/// baseline: `Up to 12.5 Gigabit` → 12.5, `4x 100 Gigabit` → 400, `25 Gigabit` → 25. The
-/// qualitative levels of old generations map to small figures: `Very Low` 0.05,
-/// `Low` 0.1, `Low to Moderate` 0.3, `Moderate` 0.5, `High` 1; anything else 0.
-pub fn network_gbps_from_text(text: &str) -> f64 {
-    match text.trim() {
-        "Very Low" => return 0.05,
-        "Low" => return 0.1,
-        "Low to Moderate" => return 0.3,
-        "Moderate" => return 0.5,
-        "High" => return 1.0,
-        _ => {}
-    }
-    let Some(rest) = text.trim().strip_suffix("Gigabit") else {
-        return 0.0;
-    };
-    let rest = rest.trim().trim_start_matches("Up to").trim();
-    let (count, each) = match rest.split_once("x ") {
-        Some((n, v)) => (n.trim().parse::<f64>().ok(), v.trim()),
-        None => (Some(1.0), rest),
-    };
-    match (count, each.parse::<f64>()) {
-        (Some(n), Ok(v)) => n * v,
-        _ => 0.0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gbps_from_text() {
-        assert_eq!(network_gbps_from_text("Up to 12.5 Gigabit"), 12.5);
-        assert_eq!(network_gbps_from_text("4x 100 Gigabit"), 400.0);
-        assert_eq!(network_gbps_from_text("25 Gigabit"), 25.0);
-        assert_eq!(network_gbps_from_text("Low to Moderate"), 0.3);
-        assert_eq!(network_gbps_from_text("fast"), 0.0);
-    }
 
     #[test]
     fn bitmap_layout() {

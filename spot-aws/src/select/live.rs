@@ -256,7 +256,7 @@ pub fn instance_type_from_info(info: &InstanceTypeInfo) -> Result<InstanceType, 
         .unwrap_or_default()
         .to_owned();
     let network_gbps = if baselines.is_empty() {
-        network_gbps_from_text(&network_performance)
+        spot_core::instance_type::network_gbps_from_text(&network_performance)
     } else {
         baselines.iter().sum()
     };
@@ -314,33 +314,6 @@ pub fn instance_type_from_info(info: &InstanceTypeInfo) -> Result<InstanceType, 
         on_demand_supported: usage.contains(&UsageClassType::OnDemand),
         name,
     })
-}
-
-/// Bandwidth from EC2's network performance text, for types whose network cards report no
-/// baseline: `Up to 12.5 Gigabit` → 12.5, `4x 100 Gigabit` → 400, `25 Gigabit` → 25;
-/// `Very Low` 0.05, `Low` 0.1, `Low to Moderate` 0.3, `Moderate` 0.5, `High` 1; otherwise 0.
-pub fn network_gbps_from_text(text: &str) -> f64 {
-    let text = text.trim();
-    match text {
-        "Very Low" => return 0.05,
-        "Low" => return 0.1,
-        "Low to Moderate" => return 0.3,
-        "Moderate" => return 0.5,
-        "High" => return 1.0,
-        _ => {}
-    }
-    let Some(rest) = text.strip_suffix("Gigabit") else {
-        return 0.0;
-    };
-    let rest = rest.trim().trim_start_matches("Up to").trim();
-    let (count, value) = match rest.split_once('x') {
-        Some((n, v)) => (n.trim().parse::<f64>().ok(), v.trim()),
-        None => (Some(1.0), rest),
-    };
-    match (count, value.parse::<f64>()) {
-        (Some(n), Ok(v)) => n * v,
-        _ => 0.0,
-    }
 }
 
 #[cfg(test)]
@@ -441,13 +414,5 @@ mod tests {
         let t = instance_type_from_info(&info).unwrap();
         assert!(t.bare_metal && t.hypervisor.is_empty() && !t.spot_supported);
         assert_eq!((t.network_gbps, t.gpus, t.instance_storage_gb), (25.0, 0, 0));
-    }
-
-    #[test]
-    fn bandwidth_text() {
-        assert_eq!(network_gbps_from_text("Up to 12.5 Gigabit"), 12.5);
-        assert_eq!(network_gbps_from_text("4x 100 Gigabit"), 400.0);
-        assert_eq!(network_gbps_from_text("Moderate"), 0.5);
-        assert_eq!(network_gbps_from_text("Ludicrous"), 0.0);
     }
 }
