@@ -459,3 +459,35 @@ async fn binary_serves_seeded_cluster_until_sigterm() {
         .unwrap();
     assert!(status.success(), "exits cleanly on SIGTERM: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_action_events_show_in_kubectl_get_events() {
+    let ts = TestSim::start(SimConfig::default()).await;
+    ts.sim().seed(1, 0).unwrap();
+    let actions = spot_k8s::KubeNodeActions::new(ts.client()).with_events(kube::runtime::events::Reporter {
+        controller: "spot-nth".into(),
+        instance: None,
+    });
+    spot_core::node::NodeActions::cordon(&actions, "sim-node-0")
+        .await
+        .unwrap();
+    let out = ts.kubectl_ok(&["get", "events"]).await;
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{out}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.contains("Cordon"))
+        .unwrap_or_else(|| panic!("no Cordon event: {out}"));
+    assert!(
+        row.contains("Normal") && row.contains("node/sim-node-0") && row.contains("cordoned"),
+        "{row}"
+    );
+    let out = ts
+        .kubectl_ok(&["get", "events.v1.events.k8s.io", "-o", "name"])
+        .await;
+    assert_eq!(out.lines().count(), 1, "{out}");
+}

@@ -425,3 +425,90 @@ async fn crds_become_served_and_discoverable() {
         .unwrap();
     assert_eq!(code(&api.get("default").await.unwrap_err()), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_eviction_dry_run_preconditions_and_delete_collection() {
+    let ts = TestSim::start(SimConfig::default()).await;
+    for i in 0..4 {
+        ts.sim()
+            .insert(running_pod(
+                "default",
+                &format!("p{i}"),
+                "n1",
+                json!({"batch": (i % 2).to_string()}),
+            ))
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(ts.client(), "default");
+
+    // Status goes through the status subresource only.
+    let main = pods
+        .patch(
+            "p0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(main.status.unwrap().phase.as_deref(), Some("Running"));
+    let st = pods
+        .patch_status(
+            "p0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.status.unwrap().phase.as_deref(), Some("Failed"));
+
+    // A dry-run eviction leaves the pod; a real one removes it.
+    let body = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p1", "namespace": "default"}});
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let _: kube::core::Status = pods
+        .create_subresource("eviction", "p1", &dry, &body)
+        .await
+        .unwrap();
+    assert!(pods.get("p1").await.is_ok());
+    let _: kube::core::Status = pods
+        .create_subresource("eviction", "p1", &PostParams::default(), &body)
+        .await
+        .unwrap();
+    assert_eq!(code(&pods.get("p1").await.unwrap_err()), 404);
+    let missing = pods
+        .create_subresource::<_, kube::core::Status>("eviction", "p1", &PostParams::default(), &body)
+        .await;
+    assert_eq!(code(&missing.unwrap_err()), 404);
+
+    // Delete preconditions.
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("wrong".into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(code(&pods.delete("p2", &dp).await.unwrap_err()), 409);
+    let dry_delete = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    pods.delete("p2", &dry_delete).await.unwrap();
+    assert!(pods.get("p2").await.is_ok());
+
+    // deletecollection with a selector.
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default().labels("batch=0"))
+        .await
+        .unwrap();
+    let left: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(left, ["p3"]);
+}

@@ -110,6 +110,13 @@ fn columns(kind: &str) -> Vec<Value> {
             col("Allowed Disruptions", 0),
             col("Age", 0),
         ],
+        "Event" => vec![
+            col("Last Seen", 0),
+            col("Type", 0),
+            col("Reason", 0),
+            col("Object", 0),
+            col("Message", 0),
+        ],
         _ => vec![col("Name", 0), col("Age", 0)],
     }
 }
@@ -211,6 +218,35 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(v("/spec/maxUnavailable")),
                 json!(int(o, "/status/disruptionsAllowed")),
                 json!(age(o)),
+            ]
+        }
+        "Event" => {
+            // core/v1 and events.k8s.io/v1 spell the same things differently.
+            let first = |a: &str, b: &str| {
+                let v = s(o, a);
+                if v.is_empty() {
+                    s(o, b).to_owned()
+                } else {
+                    v.to_owned()
+                }
+            };
+            let seen = first("/lastTimestamp", "/eventTime");
+            let seen = time::OffsetDateTime::parse(&seen, &time::format_description::well_known::Rfc3339)
+                .map_or_else(
+                    |_| "<unknown>".to_owned(),
+                    |t| human_age((time::OffsetDateTime::now_utc() - t).whole_seconds()),
+                );
+            let object = format!(
+                "{}/{}",
+                first("/involvedObject/kind", "/regarding/kind").to_lowercase(),
+                first("/involvedObject/name", "/regarding/name")
+            );
+            vec![
+                json!(seen),
+                json!(s(o, "/type")),
+                json!(s(o, "/reason")),
+                json!(object),
+                json!(first("/message", "/note")),
             ]
         }
         _ => vec![name, json!(age(o))],
