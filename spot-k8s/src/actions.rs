@@ -381,7 +381,26 @@ impl KubeNodeActions {
         change: impl Fn(&mut Vec<KubeTaint>) -> bool,
     ) -> Result<bool, Error> {
         let lock = self.node_lock(node);
-        let _serialised = lock.lock().await;
+        let result = {
+            let _serialised = lock.lock().await;
+            self.modify_taints_locked(action, node, change).await
+        };
+        drop(lock);
+        // Forget the locks nobody holds or waits for, so the map does not grow with every
+        // node ever touched.
+        self.node_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        result
+    }
+
+    async fn modify_taints_locked(
+        &self,
+        action: &'static str,
+        node: &str,
+        change: impl Fn(&mut Vec<KubeTaint>) -> bool,
+    ) -> Result<bool, Error> {
         let mut backoff = self.config.conflict_backoff;
         for attempt in 0..=self.config.conflict_retries {
             let mut current = self.get_node(action, node).await?;

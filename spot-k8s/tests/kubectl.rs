@@ -305,6 +305,26 @@ async fn apply_deployment_and_crd() {
         .kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas}"])
         .await;
     assert_eq!(out, "4");
+    let out = ts
+        .kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=20s"])
+        .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let out = ts.kubectl_ok(&["scale", "deployment/web", "--replicas=2"]).await;
+    assert!(out.contains("scaled"), "{out}");
+    let mut left = 0;
+    for _ in 0..100 {
+        left = ts
+            .sim()
+            .list("v1", "Pod", Some("default"))
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "web")
+            .count();
+        if left == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 2, "the ReplicaSet controller scaled down");
 
     let out = ts.kubectl_ok(&["apply", "-f", &f("crd.yaml")]).await;
     assert!(

@@ -225,6 +225,9 @@ async fn route(
         (Method::PUT, true, Some("status")) => update(sim, &target, query, body, WriteMode::Status),
         (Method::PATCH, true, None) => patch(sim, &target, query, headers, body, WriteMode::Main),
         (Method::PATCH, true, Some("status")) => patch(sim, &target, query, headers, body, WriteMode::Status),
+        (Method::GET | Method::PUT | Method::PATCH, true, Some("scale")) if has_scale(&target.rt) => {
+            scale(sim, &target, method.clone(), query, headers, body)
+        }
         (Method::DELETE, true, None) => delete(sim, &target, query, body),
         (Method::DELETE, false, None) => delete_collection(sim, &target, query, body),
         _ => Err(ApiError::new(
@@ -313,6 +316,9 @@ fn resource_list(sim: &Shared, group: &str, version: &str) -> Option<Value> {
         resources.push(r);
         if t.status_subresource {
             resources.push(json!({"name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if has_scale(t) {
+            resources.push(json!({"name": format!("{}/scale", t.plural), "singularName": "", "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
         }
         if t.kind == "Pod" && t.group.is_empty() {
             resources.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
@@ -614,6 +620,93 @@ fn patch(
         store.register_crd(&updated);
     }
     Ok(obj_response(200, &with_version(&updated, t)))
+}
+
+fn has_scale(t: &ResourceType) -> bool {
+    t.group == "apps" && matches!(t.kind.as_str(), "Deployment" | "ReplicaSet" | "StatefulSet")
+}
+
+/// The autoscaling/v1 Scale view of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = obj.get("metadata").cloned().unwrap_or_default();
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                     "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp")},
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+/// The `scale` subresource: read or change `spec.replicas`.
+fn scale(
+    sim: &Arc<Shared>,
+    t: &Target,
+    method: Method,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let name = t.name.as_deref().unwrap_or_default();
+    let ns = t.namespace.as_deref().unwrap_or_default();
+    let dry = dry_run(query)?;
+    let mut store = sim.lock();
+    let current = store.get(&t.rt, ns, name)?;
+    let mut wanted = scale_of(&current);
+    match method {
+        Method::GET => return Ok(json_response(200, &wanted)),
+        Method::PUT => wanted = parse_body(body)?,
+        _ => {
+            let doc = parse_body(body)?;
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let result = if content_type.starts_with("application/json-patch+json") {
+                patch::json_patch(&mut wanted, &doc)
+            } else {
+                patch::strategic(&mut wanted, &doc)
+            };
+            result.map_err(|e| match e {
+                patch::Error::Malformed(m) => ApiError::bad_request(m),
+                patch::Error::Failed(m) => ApiError::new(422, "Invalid", m),
+            })?;
+        }
+    }
+    let replicas = wanted
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                &t.rt,
+                name,
+                vec![(
+                    "spec.replicas".into(),
+                    "Invalid value: must be a non-negative integer".into(),
+                )],
+            )
+        })?;
+    let mut next = (*current).clone();
+    next["spec"]["replicas"] = json!(replicas);
+    if let Some(rv) = wanted
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+    {
+        next["metadata"]["resourceVersion"] = json!(rv);
+    }
+    let updated = store.update(&t.rt, ns, name, next, WriteMode::Main, dry)?;
+    Ok(json_response(200, &scale_of(&updated)))
 }
 
 fn is_builtin(t: &ResourceType) -> bool {
