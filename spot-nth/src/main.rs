@@ -118,6 +118,10 @@ async fn kube_client(s: &Settings) -> Result<kube::Client> {
             .parse()
             .context("KUBERNETES_SERVICE_HOST/PORT")?;
     }
+    // kube's own retry layer retries a 429 up to 15 times with exponential backoff (minutes in
+    // total): an eviction refused by a PodDisruptionBudget would then block silently and be
+    // retried long after the budget allows it. Drains do their own bounded 429 backoff.
+    config.default_retry = false;
     Ok(kube::Client::try_from(config)?)
 }
 
