@@ -20,9 +20,11 @@ pub struct Moto {
 impl Moto {
     /// Starts moto on a free loopback port and waits until it answers.
     pub fn start(root: &Path) -> Result<Moto> {
-        let exe = locate_or_install(root)?;
+        let target = target_dir(root);
+        std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+        let exe = locate_or_install(root, &target)?;
         let port = free_port()?;
-        let log = root.join("target/moto-server.log");
+        let log = target.join("moto-server.log");
         let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         eprintln!(
             "xtask: starting {} on 127.0.0.1:{port} (log: {})",
@@ -92,13 +94,21 @@ impl Drop for Moto {
     }
 }
 
-/// `moto_server` from PATH, else from `target/moto-venv`, else installed there from
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `target/` in the workspace.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
+/// `moto_server` from PATH, else from `<target>/moto-venv`, else installed there from
 /// `xtask/moto-requirements.txt`.
-fn locate_or_install(root: &Path) -> Result<PathBuf> {
+fn locate_or_install(root: &Path, target: &Path) -> Result<PathBuf> {
     if let Some(path) = on_path("moto_server") {
         return Ok(path);
     }
-    let venv = root.join("target/moto-venv");
+    let venv = target.join("moto-venv");
     let exe = venv.join("bin/moto_server");
     if exe.exists() {
         return Ok(exe);
