@@ -491,7 +491,7 @@ impl Handler {
             Plan::Cordon { taint, auto_uncordon } => {
                 self.cordon(event, &node, taint).await?;
                 if auto_uncordon && !self.cfg.rebalance_uncordon_after.is_zero() {
-                    self.spawn_auto_uncordon(event.clone(), node);
+                    self.spawn_auto_uncordon(event.clone(), node, self.cfg.rebalance_uncordon_after);
                 }
                 Ok(())
             }
@@ -816,10 +816,10 @@ impl Handler {
         Ok(())
     }
 
-    fn spawn_auto_uncordon(self: &Arc<Self>, event: InterruptionEvent, node: String) {
+    fn spawn_auto_uncordon(self: &Arc<Self>, event: InterruptionEvent, node: String, after: Duration) {
         let this = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(this.cfg.rebalance_uncordon_after).await;
+            tokio::time::sleep(after).await;
             let lock = this
                 .instances
                 .lock()
@@ -854,6 +854,60 @@ impl Handler {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         self.complete_action(event, action).await
+    }
+
+    /// At start-up: rebalance cordons recorded on `nodes` by an earlier process (restarted,
+    /// or a former leader) are undone when their time is up, as that process would have done:
+    /// the pending uncordon lives only in memory, and the message that caused it is deleted.
+    /// Returns how many uncordons were scheduled.
+    pub async fn resume_auto_uncordons(self: &Arc<Self>, nodes: &[String]) -> usize {
+        if self.cfg.rebalance_uncordon_after.is_zero() {
+            return 0;
+        }
+        let mut scheduled = 0;
+        for node in nodes {
+            let state = match self.nodes.get(node).await {
+                Ok(state) => state,
+                Err(e) => {
+                    warn!(node, error = %e, "reading the node to resume its automatic uncordon failed");
+                    continue;
+                }
+            };
+            let a = &state.annotations;
+            if a.get(ANN_REASON).map(String::as_str) != Some("rebalance-recommendation")
+                || a.get(ANN_PHASE).map(String::as_str) != Some("cordoned")
+            {
+                continue;
+            }
+            let Some(instance) = a.get(ANN_INSTANCE).cloned() else {
+                continue;
+            };
+            let now = self.clock.now();
+            let left = a
+                .get(ANN_CORDONED_AT)
+                .and_then(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+                .map_or(self.cfg.rebalance_uncordon_after, |at| {
+                    Duration::try_from(at + self.cfg.rebalance_uncordon_after - now).unwrap_or_default()
+                });
+            let mut event = InterruptionEvent::new(
+                instance,
+                EventKind::RebalanceRecommendation,
+                "resume-auto-uncordon",
+                now,
+                spot_core::event::Origin::Imds,
+            );
+            if let Some(id) = a.get(ANN_EVENT) {
+                event.id = spot_core::event::EventId::from_raw(id.clone());
+            }
+            info!(
+                node,
+                wait_seconds = left.as_secs(),
+                "resuming the automatic uncordon after a rebalance cordon"
+            );
+            self.spawn_auto_uncordon(event, node.clone(), left);
+            scheduled += 1;
+        }
+        scheduled
     }
 
     /// Metadata mode at start-up: a node cordoned for a scheduled reboot that has since
