@@ -7,8 +7,8 @@
 //!   new process that finishes the drain once the budget allows it: one webhook in total.
 //! - Two replicas share the queue through the `spot-nth` Lease: every event is handled once,
 //!   and when the leader dies the other takes over.
-//! - A rebalance cordon is undone after `REBALANCE_UNCORDON_AFTER`, but a node someone else
-//!   cordoned first stays cordoned.
+//! - A rebalance cordon is undone after `REBALANCE_UNCORDON_AFTER`, also when the handler
+//!   restarted in between, but a node someone else cordoned first stays cordoned.
 //! - `DRY_RUN` changes nothing, not even the queue.
 
 mod common;
@@ -206,6 +206,30 @@ async fn rebalance_cordon_is_undone_but_a_node_cordoned_before_stays_cordoned() 
     );
     assert_eq!(q.kube.pods_on(&ours_node).len(), PODS);
     assert_eq!(q.kube.pods_on(&theirs_node).len(), PODS);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_cordon_is_undone_even_when_the_handler_restarts_in_between() -> Result<()> {
+    let q = Queue::new().await?;
+    let (instance, node) = q.instance().await?;
+    let policy = [("REBALANCE_POLICY", "cordon"), ("REBALANCE_UNCORDON_AFTER", "4s")];
+    let mut first = q.spawn("nth-reuncordon", &policy);
+    q.aws.rebalance(&instance).await?;
+    eventually(HANDLED, "the rebalance cordon", || async {
+        let v = q.kube.state(&node);
+        (v.unschedulable && v.phase() == Some("cordoned")).then_some(())
+    })
+    .await;
+    // Handled and deleted: the only record left of the pending uncordon is on the node.
+    q.aws.wait_empty(HANDLED).await;
+    first.sigkill();
+
+    let _second = q.spawn("nth-reuncordon", &policy);
+    eventually(HANDLED, "the uncordon by the restarted process", || async {
+        (q.kube.state(&node) == Default::default()).then_some(())
+    })
+    .await;
     Ok(())
 }
 
