@@ -44,3 +44,12 @@ pub async fn local(url: &str, region: &str) -> SdkConfig {
         .load()
         .await
 }
+
+/// Installs aws-lc-rs (the provider the AWS SDK and kube use) as rustls' process-wide crypto
+/// provider, unless one is installed already. HTTP clients built without an explicit provider
+/// (reqwest with a `*-no-provider` TLS feature, which feature unification can switch on for
+/// every reqwest client in a binary) need it; calling it more than once is harmless.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is all we need.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -202,6 +202,7 @@ impl ImdsClient {
                 MAX_TOKEN_TTL.as_secs()
             )));
         }
+        crate::config::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .no_proxy()

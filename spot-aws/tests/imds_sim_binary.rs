@@ -85,6 +85,8 @@ async fn binary_serves_a_spot_notice_and_exits_on_sigterm() -> Result<()> {
         "{url}"
     );
 
+    spot_aws::config::install_crypto_provider();
+
     let http = reqwest::Client::new();
     let token = http
         .put(format!("{url}/latest/api/token"))

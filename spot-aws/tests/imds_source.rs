@@ -274,6 +274,7 @@ async fn rejected_token_is_fetched_again_after_401() -> Result<()> {
 #[tokio::test]
 async fn sim_tokens_expire_after_their_ttl() -> Result<()> {
     let sim = start(SimConfig::default()).await?;
+    spot_aws::config::install_crypto_provider();
     let http = reqwest::Client::new();
     let token_url = format!("{}/latest/api/token", sim.url());
     let response = http
@@ -305,6 +306,7 @@ async fn sim_tokens_expire_after_their_ttl() -> Result<()> {
 #[tokio::test]
 async fn imdsv1_is_refused_by_default() -> Result<()> {
     let sim = start(SimConfig::default()).await?;
+    spot_aws::config::install_crypto_provider();
     let http = reqwest::Client::new();
     let url = format!("{}/latest/meta-data/instance-id", sim.url());
     assert_eq!(
@@ -419,6 +421,7 @@ async fn malformed_bodies_and_dead_endpoints_are_transport_errors() -> Result<()
 #[tokio::test]
 async fn control_api() -> Result<()> {
     let sim = start(SimConfig::default()).await?;
+    spot_aws::config::install_crypto_provider();
     let http = reqwest::Client::new();
     let post = |path: &str, body: &'static str| http.post(format!("{}{}", sim.url(), path)).body(body).send();
 

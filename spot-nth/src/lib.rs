@@ -12,9 +12,4 @@ pub mod metrics;
 pub mod server;
 pub mod webhook;
 
-/// Installs aws-lc-rs as rustls' process-wide crypto provider (the one the AWS SDK and kube
-/// use), so HTTPS clients built without an explicit provider work. Idempotent.
-pub fn install_crypto_provider() {
-    // Err means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
+pub use spot_aws::config::install_crypto_provider;
