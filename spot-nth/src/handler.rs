@@ -489,7 +489,7 @@ impl Handler {
         match plan {
             Plan::Ignore(_) => Ok(()),
             Plan::Cordon { taint, auto_uncordon } => {
-                self.cordon(event, &node, taint).await?;
+                self.cordon(event, &node, taint, false).await?;
                 if auto_uncordon && !self.cfg.rebalance_uncordon_after.is_zero() {
                     self.spawn_auto_uncordon(event.clone(), node, self.cfg.rebalance_uncordon_after);
                 }
@@ -523,15 +523,24 @@ impl Handler {
 
     /// Cordons (with label and taint) unless this instance's handling already did.
     /// Returns the node's state before.
+    /// `drains`: the event's plan drains, so it takes over a cordon recorded for a rebalance
+    /// recommendation or a scheduled event (which may be undone later) for the same instance.
     async fn cordon(
         &self,
         event: &InterruptionEvent,
         node: &str,
         taint: Option<&str>,
+        drains: bool,
     ) -> Result<NodeState, Error> {
         let state = self.nodes.get(node).await?;
         let ours = state.annotations.get(ANN_INSTANCE) == Some(&event.instance_id);
-        if ours && state.annotations.contains_key(ANN_PHASE) && state.unschedulable {
+        let recorded = state.annotations.get(ANN_REASON).map(String::as_str);
+        let take_over = drains
+            && ours
+            && state.annotations.get(ANN_PHASE).map(String::as_str) == Some("cordoned")
+            && matches!(recorded, Some("rebalance-recommendation" | "scheduled-change"))
+            && recorded != Some(event.kind.name());
+        if ours && state.annotations.contains_key(ANN_PHASE) && state.unschedulable && !take_over {
             debug!(node, instance = %event.instance_id, "already cordoned for this instance");
             return Ok(state);
         }
@@ -552,6 +561,9 @@ impl Handler {
         }
         if let EventKind::ScheduledChange { code, .. } = &event.kind {
             record.insert(ANN_SCHEDULED_CODE.to_owned(), Some(code.clone()));
+        } else if take_over {
+            // No uncordon after a reboot for a node taken over by an interruption.
+            record.insert(ANN_SCHEDULED_CODE.to_owned(), None);
         }
         let result = async {
             self.nodes.annotate(node, &record).await?;
@@ -585,7 +597,7 @@ impl Handler {
         node: &str,
         taint: Option<&str>,
     ) -> Result<(), Error> {
-        let before = self.cordon(event, node, taint).await?;
+        let before = self.cordon(event, node, taint, true).await?;
         let done = before.annotations.get(ANN_INSTANCE) == Some(&event.instance_id)
             && before.annotations.get(ANN_PHASE).map(String::as_str) == Some("drained");
         let heartbeat = self.spawn_heartbeat(event, node, &before).await;
