@@ -225,11 +225,62 @@ async fn rebalance_cordon_is_undone_even_when_the_handler_restarts_in_between() 
     q.aws.wait_empty(HANDLED).await;
     first.sigkill();
 
-    let _second = q.spawn("nth-reuncordon", &policy);
-    eventually(HANDLED, "the uncordon by the restarted process", || async {
-        (q.kube.state(&node) == Default::default()).then_some(())
+    let mut second = q.spawn("nth-reuncordon", &policy);
+    eventually(HANDLED, "the uncordon by the restarted process", || {
+        second.assert_running();
+        let restored = q.kube.state(&node) == Default::default();
+        async move { restored.then_some(()) }
     })
     .await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interruption_after_a_rebalance_cordon_is_never_uncordoned() -> Result<()> {
+    let q = Queue::new().await?;
+    let (instance, node) = q.instance().await?;
+    q.kube.add_pdb(&node, PODS as i64);
+    // Drains give up after 2 s while the budget blocks them, and are retried when the message
+    // comes back; the rebalance uncordon is due 4 s after the cordon, in between.
+    let _nth = q.spawn(
+        "nth-upgrade",
+        &[
+            ("REBALANCE_POLICY", "cordon"),
+            ("REBALANCE_UNCORDON_AFTER", "4s"),
+            ("NODE_TERMINATION_GRACE_PERIOD", "2"),
+        ],
+    );
+    q.aws.rebalance(&instance).await?;
+    eventually(HANDLED, "the rebalance cordon", || async {
+        let v = q.kube.state(&node);
+        (v.unschedulable && v.phase() == Some("cordoned")).then_some(())
+    })
+    .await;
+    let upstream = q.aws.spot_interruption(&instance).await?;
+
+    // For 8 s (past the rebalance uncordon) the node must stay cordoned: an interruption is
+    // pending.
+    let watch = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            let v = q.kube.state(&node);
+            if !v.unschedulable {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if let Ok(view) = watch {
+        panic!("a node with a pending spot interruption was uncordoned: {view:?}");
+    }
+    q.kube.set_pdb_min_available(&node, 0);
+    let view = q.wait_drained(&node, HANDLED).await;
+    assert_eq!(
+        view.taints.get("aws-node-termination-handler/spot-itn"),
+        Some(&common::event_id("spot-interruption", &instance, &upstream)),
+        "{view:?}"
+    );
+    q.aws.wait_empty(HANDLED).await;
     Ok(())
 }
 
