@@ -1,9 +1,12 @@
 //! AWS backends for `spot-core`.
 //!
+//! - [`config`]: loading an `SdkConfig` with an optional endpoint override (moto, LocalStack).
 //! - [`sqs`]: the SQS/EventBridge interruption event source and its message parsers.
 //! - [`imds`]: the IMDSv2 client and IMDS interruption event source.
 //! - [`imds_sim`]: `spot-imds-sim`, an IMDS simulator compatible with amazon-ec2-metadata-mock.
 //! - [`instances`]: EC2 instance-to-node resolution with a short-lived cache.
+//! - [`autoscaling`]: completing and heartbeating Auto Scaling lifecycle actions.
+//! - [`select`]: the live EC2 catalog and the output formats of `spot-select`.
 //!
 //! This is the only crate of the workspace that depends on the AWS SDK.
 #![cfg_attr(docsrs, feature(doc_cfg))]

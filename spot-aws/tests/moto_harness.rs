@@ -21,16 +21,30 @@ async fn ec2_describe_instance_types_through_moto() {
         .iter()
         .map(|t| {
             (
-                t.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-                t.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or_default(),
+                t.instance_type()
+                    .map(|t| t.as_str().to_owned())
+                    .unwrap_or_default(),
+                t.v_cpu_info()
+                    .and_then(|v| v.default_v_cpus())
+                    .unwrap_or_default(),
                 t.memory_info().and_then(|m| m.size_in_mib()).unwrap_or_default(),
             )
         })
         .collect();
     types.sort();
-    assert_eq!(types, vec![("c5.xlarge".to_owned(), 4, 8192), ("m5.large".to_owned(), 2, 8192)]);
+    assert_eq!(
+        types,
+        vec![
+            ("c5.xlarge".to_owned(), 4, 8192),
+            ("m5.large".to_owned(), 2, 8192)
+        ]
+    );
 
-    let err = ec2.describe_instance_types().instance_types(InstanceType::from("zz9.huge")).send().await;
+    let err = ec2
+        .describe_instance_types()
+        .instance_types(InstanceType::from("zz9.huge"))
+        .send()
+        .await;
     assert!(err.is_err(), "an unknown instance type must be rejected");
 }
 
@@ -38,10 +52,20 @@ async fn ec2_describe_instance_types_through_moto() {
 async fn sqs_send_receive_delete_through_moto() {
     let config = common::moto_config("us-east-1").await;
     let sqs = aws_sdk_sqs::Client::new(&config);
-    let queue = sqs.create_queue().queue_name(common::unique("harness")).send().await.expect("CreateQueue");
+    let queue = sqs
+        .create_queue()
+        .queue_name(common::unique("harness"))
+        .send()
+        .await
+        .expect("CreateQueue");
     let url = queue.queue_url().expect("queue url").to_owned();
 
-    sqs.send_message().queue_url(&url).message_body(r#"{"hello":"spot"}"#).send().await.expect("SendMessage");
+    sqs.send_message()
+        .queue_url(&url)
+        .message_body(r#"{"hello":"spot"}"#)
+        .send()
+        .await
+        .expect("SendMessage");
     let received = sqs
         .receive_message()
         .queue_url(&url)
@@ -55,7 +79,12 @@ async fn sqs_send_receive_delete_through_moto() {
     assert_eq!(messages[0].body(), Some(r#"{"hello":"spot"}"#));
 
     let handle = messages[0].receipt_handle().expect("receipt handle");
-    sqs.delete_message().queue_url(&url).receipt_handle(handle).send().await.expect("DeleteMessage");
+    sqs.delete_message()
+        .queue_url(&url)
+        .receipt_handle(handle)
+        .send()
+        .await
+        .expect("DeleteMessage");
     let attrs = sqs
         .get_queue_attributes()
         .queue_url(&url)
@@ -63,9 +92,14 @@ async fn sqs_send_receive_delete_through_moto() {
         .send()
         .await
         .expect("GetQueueAttributes");
-    let visible = attrs.attributes().and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages));
+    let visible = attrs
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages));
     let invisible = attrs
         .attributes()
         .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible));
-    assert_eq!((visible.map(String::as_str), invisible.map(String::as_str)), (Some("0"), Some("0")));
+    assert_eq!(
+        (visible.map(String::as_str), invisible.map(String::as_str)),
+        (Some("0"), Some("0"))
+    );
 }

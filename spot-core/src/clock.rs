@@ -31,13 +31,21 @@ impl TokioClock {
 
     /// A clock that reads `start` now and runs at real speed.
     pub fn starting_at(start: OffsetDateTime) -> Self {
-        TokioClock { wall: start, instant: Instant::now(), speed: 1.0 }
+        TokioClock {
+            wall: start,
+            instant: Instant::now(),
+            speed: 1.0,
+        }
     }
 
     /// The same clock running `speed` times faster than tokio's (speed must be positive;
     /// other values are treated as 1).
     pub fn with_speed(mut self, speed: f64) -> Self {
-        self.speed = if speed.is_finite() && speed > 0.0 { speed } else { 1.0 };
+        self.speed = if speed.is_finite() && speed > 0.0 {
+            speed
+        } else {
+            1.0
+        };
         self
     }
 
@@ -88,7 +96,10 @@ mod tests {
         let clock = TokioClock::starting_at(datetime!(2026-01-01 00:00:00 UTC)).with_speed(60.0);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(clock.now(), datetime!(2026-01-01 00:02:00 UTC));
-        assert_eq!(clock.real_duration(Duration::from_secs(120)), Duration::from_secs(2));
+        assert_eq!(
+            clock.real_duration(Duration::from_secs(120)),
+            Duration::from_secs(2)
+        );
         assert_eq!(TokioClock::new().with_speed(-3.0).speed, 1.0);
     }
 }

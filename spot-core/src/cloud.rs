@@ -114,7 +114,10 @@ impl LaunchError {
     pub fn is_insufficient_capacity(&self) -> bool {
         matches!(
             self.code.as_str(),
-            "InsufficientInstanceCapacity" | "InsufficientCapacity" | "UnfulfillableCapacity" | "SpotMaxPriceTooLow"
+            "InsufficientInstanceCapacity"
+                | "InsufficientCapacity"
+                | "UnfulfillableCapacity"
+                | "SpotMaxPriceTooLow"
         )
     }
 
@@ -163,9 +166,17 @@ mod tests {
             launch_time: None,
         };
         assert_eq!(i.provider_id(), "aws:///us-east-1a/i-1");
-        let ice = LaunchError { instance_type: None, zone: None, code: "InsufficientInstanceCapacity".into(), message: String::new() };
+        let ice = LaunchError {
+            instance_type: None,
+            zone: None,
+            code: "InsufficientInstanceCapacity".into(),
+            message: String::new(),
+        };
         assert!(ice.is_insufficient_capacity() && !ice.is_spot_limit());
-        let lim = LaunchError { code: "MaxSpotInstanceCountExceeded".into(), ..ice };
+        let lim = LaunchError {
+            code: "MaxSpotInstanceCountExceeded".into(),
+            ..ice
+        };
         assert!(lim.is_spot_limit() && !lim.is_insufficient_capacity());
     }
 }

@@ -154,12 +154,14 @@ impl EventKind {
             EventKind::RebalanceRecommendation => "rebalance-recommendation",
             EventKind::ScheduledChange { .. } => "scheduled-change",
             EventKind::StateChange { .. } => "state-change",
-            EventKind::AsgLifecycle(LifecycleAction { transition: LifecycleTransition::Terminating, .. }) => {
-                "asg-lifecycle-terminate"
-            }
-            EventKind::AsgLifecycle(LifecycleAction { transition: LifecycleTransition::Launching, .. }) => {
-                "asg-lifecycle-launch"
-            }
+            EventKind::AsgLifecycle(LifecycleAction {
+                transition: LifecycleTransition::Terminating,
+                ..
+            }) => "asg-lifecycle-terminate",
+            EventKind::AsgLifecycle(LifecycleAction {
+                transition: LifecycleTransition::Launching,
+                ..
+            }) => "asg-lifecycle-launch",
             EventKind::CapacityReservationInterruption => "capacity-reservation-interruption",
         }
     }
@@ -225,7 +227,13 @@ impl InterruptionEvent {
     ) -> Self {
         let instance_id = instance_id.into();
         let id = EventId::derive(&[kind.name(), &instance_id, identity]);
-        InterruptionEvent { id, instance_id, kind, observed_at, origin }
+        InterruptionEvent {
+            id,
+            instance_id,
+            kind,
+            observed_at,
+            origin,
+        }
     }
 }
 
@@ -252,7 +260,10 @@ mod tests {
     fn event_round_trips_through_json() {
         let ev = InterruptionEvent::new(
             "i-0abc",
-            EventKind::SpotInterruption { action: SpotAction::Terminate, deadline: datetime!(2026-11-22 10:02:00 UTC) },
+            EventKind::SpotInterruption {
+                action: SpotAction::Terminate,
+                deadline: datetime!(2026-11-22 10:02:00 UTC),
+            },
             "2026-11-22T10:02:00Z",
             datetime!(2026-11-22 10:00:00 UTC),
             Origin::Imds,

@@ -94,7 +94,11 @@ pub struct Taint {
 impl Taint {
     /// A taint with a value.
     pub fn new(key: impl Into<String>, value: impl Into<String>, effect: TaintEffect) -> Self {
-        Taint { key: key.into(), value: Some(value.into()), effect }
+        Taint {
+            key: key.into(),
+            value: Some(value.into()),
+            effect,
+        }
     }
 
     /// Whether two taints are the same slot on a node (Kubernetes identifies a taint by key
@@ -261,8 +265,20 @@ impl MemoryNodes {
     /// Adds a Ready, schedulable node with `pods` pods named `<node>-pod-<i>` in `default`.
     pub fn add_node(&self, name: &str, pods: usize) {
         let mut inner = self.lock();
-        inner.nodes.insert(name.to_owned(), NodeState { name: name.to_owned(), ready: true, ..NodeState::default() });
-        let pods = (0..pods).map(|i| PodRef { namespace: "default".into(), name: format!("{name}-pod-{i}") }).collect();
+        inner.nodes.insert(
+            name.to_owned(),
+            NodeState {
+                name: name.to_owned(),
+                ready: true,
+                ..NodeState::default()
+            },
+        );
+        let pods = (0..pods)
+            .map(|i| PodRef {
+                namespace: "default".into(),
+                name: format!("{name}-pod-{i}"),
+            })
+            .collect();
         inner.pods.insert(name.to_owned(), pods);
     }
 
@@ -292,13 +308,18 @@ impl MemoryNodes {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryNodesInner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn with_node<T>(&self, node: &str, call: Call, f: impl FnOnce(&mut NodeState) -> T) -> Result<T, Error> {
         let mut inner = self.lock();
         inner.calls.push(call);
-        let state = inner.nodes.get_mut(node).ok_or_else(|| Error::NodeNotFound(node.to_owned()))?;
+        let state = inner
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| Error::NodeNotFound(node.to_owned()))?;
         Ok(f(state))
     }
 }
@@ -342,7 +363,9 @@ impl NodeActions for MemoryNodes {
     }
 
     async fn label(&self, node: &str, labels: &MetadataPatch) -> Result<(), Error> {
-        self.with_node(node, Call::Label(node.into(), labels.clone()), |n| apply_patch(&mut n.labels, labels))
+        self.with_node(node, Call::Label(node.into(), labels.clone()), |n| {
+            apply_patch(&mut n.labels, labels)
+        })
     }
 
     async fn annotate(&self, node: &str, annotations: &MetadataPatch) -> Result<(), Error> {
@@ -352,7 +375,11 @@ impl NodeActions for MemoryNodes {
     }
 
     async fn get(&self, node: &str) -> Result<NodeState, Error> {
-        self.lock().nodes.get(node).cloned().ok_or_else(|| Error::NodeNotFound(node.to_owned()))
+        self.lock()
+            .nodes
+            .get(node)
+            .cloned()
+            .ok_or_else(|| Error::NodeNotFound(node.to_owned()))
     }
 
     async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
@@ -364,13 +391,21 @@ impl NodeActions for MemoryNodes {
         if let Some(left) = inner.fail_drains.get_mut(node).filter(|n| **n > 0) {
             *left -= 1;
             let remaining = inner.pods.get(node).cloned().unwrap_or_default();
-            return Err(Error::DrainTimeout { node: node.to_owned(), remaining });
+            return Err(Error::DrainTimeout {
+                node: node.to_owned(),
+                remaining,
+            });
         }
         let pods = inner.pods.remove(node).unwrap_or_default();
-        let (skipped, evicted): (Vec<PodRef>, Vec<PodRef>) =
-            pods.into_iter().partition(|p| options.skip_pod.as_ref() == Some(p));
+        let (skipped, evicted): (Vec<PodRef>, Vec<PodRef>) = pods
+            .into_iter()
+            .partition(|p| options.skip_pod.as_ref() == Some(p));
         inner.pods.insert(node.to_owned(), skipped.clone());
-        Ok(DrainReport { evicted, skipped, ..DrainReport::default() })
+        Ok(DrainReport {
+            evicted,
+            skipped,
+            ..DrainReport::default()
+        })
     }
 }
 
@@ -387,7 +422,12 @@ mod tests {
         assert!(nodes.taint("n1", &other).await.unwrap());
         assert!(nodes.taint("n1", &ours).await.unwrap());
         assert!(!nodes.taint("n1", &ours).await.unwrap());
-        assert!(nodes.untaint("n1", "ours", TaintEffect::NoSchedule).await.unwrap());
+        assert!(
+            nodes
+                .untaint("n1", "ours", TaintEffect::NoSchedule)
+                .await
+                .unwrap()
+        );
         assert_eq!(nodes.node("n1").unwrap().taints, vec![other]);
         nodes.cordon("n1").await.unwrap();
         let report = nodes.drain("n1", &DrainOptions::default()).await.unwrap();
@@ -399,7 +439,10 @@ mod tests {
 
     #[test]
     fn taint_effect_parse() {
-        assert_eq!("NoExecute".parse::<TaintEffect>().unwrap(), TaintEffect::NoExecute);
+        assert_eq!(
+            "NoExecute".parse::<TaintEffect>().unwrap(),
+            TaintEffect::NoExecute
+        );
         let err = "noschedule".parse::<TaintEffect>().unwrap_err();
         assert!(err.to_string().contains("\"noschedule\""));
     }
@@ -408,9 +451,15 @@ mod tests {
     fn drain_timeout_names_the_pods() {
         let err = Error::DrainTimeout {
             node: "n1".into(),
-            remaining: vec![PodRef { namespace: "default".into(), name: "web-1".into() }],
+            remaining: vec![PodRef {
+                namespace: "default".into(),
+                name: "web-1".into(),
+            }],
         };
-        assert_eq!(err.to_string(), "drain of node \"n1\" timed out with 1 pod(s) remaining: default/web-1");
+        assert_eq!(
+            err.to_string(),
+            "drain of node \"n1\" timed out with 1 pod(s) remaining: default/web-1"
+        );
     }
 
     #[test]

@@ -97,7 +97,11 @@ impl MemorySource {
     pub async fn push(&self, events: Vec<InterruptionEvent>) -> AckHandle {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ack = AckHandle(format!("mem-{n}"));
-        self.queue.lock().await.push_back(Delivery { events, ack: ack.clone(), age: None });
+        self.queue.lock().await.push_back(Delivery {
+            events,
+            ack: ack.clone(),
+            age: None,
+        });
         self.notify.notify_one();
         ack
     }
@@ -138,7 +142,10 @@ impl EventSource for MemorySource {
         let mut in_flight = self.in_flight.lock().await;
         for handle in handles {
             let Some(pos) = in_flight.iter().position(|d| &d.ack == handle) else {
-                return Err(Error::UnknownHandle { source_name: "memory".into(), handle: handle.0.clone() });
+                return Err(Error::UnknownHandle {
+                    source_name: "memory".into(),
+                    handle: handle.0.clone(),
+                });
             };
             in_flight.remove(pos);
         }
