@@ -125,27 +125,6 @@ async fn kube_client(s: &Settings) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-/// The nodes whose annotations record a rebalance cordon by the handler.
-async fn rebalance_cordoned_nodes(client: &kube::Client) -> Result<Vec<String>> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
-    let list = api
-        .list_metadata(&kube::api::ListParams::default())
-        .await
-        .context("listing nodes")?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|n| {
-            n.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(spot_nth::handler::ANN_REASON))
-                .is_some_and(|r| r == "rebalance-recommendation")
-        })
-        .filter_map(|n| n.metadata.name)
-        .collect())
-}
-
 /// The region in an SQS queue URL (`https://sqs.<region>.amazonaws.com/...`).
 fn region_of_queue_url(url: &str) -> Option<String> {
     let host = url.split("://").nth(1)?.split('/').next()?;
@@ -485,7 +464,13 @@ async fn run(cli: Cli) -> Result<()> {
     // Rebalance cordons of an earlier process still get their automatic uncordon.
     let cordoned = match mode {
         Mode::Imds => s.node_name.clone().into_iter().collect(),
-        Mode::Queue => rebalance_cordoned_nodes(&client).await.unwrap_or_else(|e| {
+        Mode::Queue => spot_k8s::nodes::with_annotation(
+            &client,
+            spot_nth::handler::ANN_REASON,
+            "rebalance-recommendation",
+        )
+        .await
+        .unwrap_or_else(|e| {
             warn!(
                 error = format!("{e:#}"),
                 "listing nodes to resume automatic uncordons failed"

@@ -501,3 +501,60 @@ async fn run_loop_handles_until_shutdown() {
     run.await.unwrap();
     assert!(f.source.unacknowledged().await.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_handler_resumes_the_rebalance_uncordon() {
+    let nodes = Arc::new(MemoryNodes::new());
+    nodes.add_node(NODE, 1);
+    let cfg = HandlerConfig {
+        rebalance: RebalancePolicy::Cordon,
+        rebalance_uncordon_after: Duration::from_secs(300),
+        ..HandlerConfig::default()
+    };
+    let first = fixture_with(cfg.clone(), nodes.clone());
+    deliver(&first, vec![event(EventKind::RebalanceRecommendation, "r")]).await;
+    // The process dies 100 s in: its timer dies with it.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    drop(first);
+    let second = fixture_with(cfg, nodes.clone());
+    assert_eq!(second.handler.resume_auto_uncordons(&[NODE.to_owned()]).await, 1);
+    tokio::time::sleep(Duration::from_secs(150)).await;
+    assert!(
+        nodes.node(NODE).unwrap().unschedulable,
+        "not before cordoned-at + 300 s"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!nodes.node(NODE).unwrap().unschedulable);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interruption_takes_over_a_rebalance_cordon() {
+    let nodes = Arc::new(MemoryNodes::new());
+    nodes.add_node(NODE, 2);
+    nodes.fail_next_drains(NODE, 1);
+    let f = fixture_with(
+        HandlerConfig {
+            rebalance: RebalancePolicy::Cordon,
+            rebalance_uncordon_after: Duration::from_secs(60),
+            taint_node: true,
+            ..HandlerConfig::default()
+        },
+        nodes.clone(),
+    );
+    deliver(&f, vec![event(EventKind::RebalanceRecommendation, "r")]).await;
+    // The interruption's drain fails (a PDB, say): the node must stay cordoned for it.
+    let itn = spot();
+    assert!(matches!(deliver(&f, vec![itn.clone()]).await, Outcome::Retry(_)));
+    let node = nodes.node(NODE).unwrap();
+    assert_eq!(
+        node.annotations.get(ANN_REASON).map(String::as_str),
+        Some("spot-interruption")
+    );
+    assert_eq!(node.annotations.get(ANN_EVENT), Some(&itn.id.to_string()));
+    assert!(node.taints.iter().any(|t| t.key == TAINT_SPOT_ITN));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(
+        nodes.node(NODE).unwrap().unschedulable,
+        "the rebalance timer must not uncordon it"
+    );
+}
