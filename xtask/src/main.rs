@@ -2,6 +2,7 @@
 //! <https://github.com/matklad/cargo-xtask>). Run `cargo xtask --help`; the alias lives in
 //! `.cargo/config.toml`.
 
+mod bench;
 mod catalog;
 mod moto;
 mod prices;
@@ -32,6 +33,9 @@ enum Task {
     FitPrices(prices::FitArgs),
     /// Write a seeded synthetic Spot Instance Advisor file.
     SpotAdvisor(prices::SpotArgs),
+    /// Release-mode benchmarks: target/bench/report.json and a Markdown table (never part of
+    /// `test`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -42,6 +46,7 @@ fn main() -> Result<()> {
         Task::Catalog(args) => catalog::run(&args),
         Task::FitPrices(args) => prices::run_fit(&args),
         Task::SpotAdvisor(args) => prices::run_spot(&args),
+        Task::Bench(args) => bench::run(&root, &args),
     }
 }
 
