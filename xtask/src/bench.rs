@@ -607,8 +607,14 @@ fn markdown(figures: &[Figure]) -> String {
         };
         let mut value = num(f.value);
         if let Some(note) = &f.note {
-            notes.push(note.clone());
-            value = format!("{value} [{}]", notes.len());
+            let i = match notes.iter().position(|n| n == note) {
+                Some(i) => i + 1,
+                None => {
+                    notes.push(note.clone());
+                    notes.len()
+                }
+            };
+            value = format!("{value} [{i}]");
         }
         out.push_str(&format!(
             "| `{}` | {value} | {} | {anchor} | {} |\n",
