@@ -282,6 +282,13 @@ impl MemoryNodes {
         inner.pods.insert(name.to_owned(), pods);
     }
 
+    /// Sets a node's `Ready` condition (a node that is still booting, say).
+    pub fn set_ready(&self, node: &str, ready: bool) {
+        if let Some(n) = self.lock().nodes.get_mut(node) {
+            n.ready = ready;
+        }
+    }
+
     /// Makes the next `times` drains of `node` fail with a timeout.
     pub fn fail_next_drains(&self, node: &str, times: u32) {
         self.lock().fail_drains.insert(node.to_owned(), times);

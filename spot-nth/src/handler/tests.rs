@@ -558,3 +558,38 @@ async fn an_interruption_takes_over_a_rebalance_cordon() {
         "the rebalance timer must not uncordon it"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn launch_hook_completes_once_the_node_is_ready() {
+    let nodes = Arc::new(MemoryNodes::new());
+    nodes.add_node(NODE, 0);
+    nodes.set_ready(NODE, false);
+    let f = fixture_with(HandlerConfig::default(), nodes.clone());
+    let launch = event(
+        EventKind::AsgLifecycle(LifecycleAction {
+            transition: LifecycleTransition::Launching,
+            hook_name: "launch-hook".into(),
+            group_name: "asg".into(),
+            token: "t".into(),
+        }),
+        "launch",
+    );
+    let h = f.handler.clone();
+    let ev = launch.clone();
+    let task = tokio::spawn(async move { h.handle_event(&ev).await });
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        f.lifecycle.completed.load(Ordering::SeqCst),
+        0,
+        "not while the node is not Ready"
+    );
+    nodes.set_ready(NODE, true);
+    task.await.unwrap().unwrap();
+    assert_eq!(f.lifecycle.completed.load(Ordering::SeqCst), 1);
+    assert!(nodes.calls().is_empty(), "a launch never touches the node");
+
+    // A node that never becomes Ready fails the event (it is retried, the hook not completed).
+    nodes.set_ready(NODE, false);
+    let err = f.handler.handle_event(&launch).await.unwrap_err();
+    assert!(matches!(err, Error::NotReady(_)), "{err}");
+}
