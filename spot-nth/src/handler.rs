@@ -478,14 +478,7 @@ impl Handler {
             }
         };
         // Events for the same instance are handled one at a time.
-        let lock = self
-            .instances
-            .lock()
-            .await
-            .entry(event.instance_id.clone())
-            .or_default()
-            .clone();
-        let _guard = lock.lock().await;
+        let _guard = self.lock_instance(&event.instance_id).await;
         match plan {
             Plan::Ignore(_) => Ok(()),
             Plan::Cordon { taint, auto_uncordon } => {
@@ -504,6 +497,20 @@ impl Handler {
             Plan::Undo => self.undo(event, &node, "scheduled-change").await,
             Plan::Launch(action) => self.complete_launch(event, &node, &action).await,
         }
+    }
+
+    /// Serialises the handling of one instance's events. Locks nobody holds or waits for are
+    /// pruned once the map grows, so a long-running handler does not keep one per instance
+    /// it ever saw.
+    async fn lock_instance(&self, instance_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.instances.lock().await;
+            if locks.len() >= 1024 {
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(instance_id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     async fn wait_until(&self, when: OffsetDateTime, event: &InterruptionEvent) {
@@ -832,14 +839,7 @@ impl Handler {
         let this = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            let lock = this
-                .instances
-                .lock()
-                .await
-                .entry(event.instance_id.clone())
-                .or_default()
-                .clone();
-            let _guard = lock.lock().await;
+            let _guard = this.lock_instance(&event.instance_id).await;
             if let Err(e) = this.undo(&event, &node, "rebalance-recommendation").await {
                 warn!(node, error = %e, "automatic uncordon after rebalance failed");
             }

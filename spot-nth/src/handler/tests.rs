@@ -593,3 +593,23 @@ async fn launch_hook_completes_once_the_node_is_ready() {
     let err = f.handler.handle_event(&launch).await.unwrap_err();
     assert!(matches!(err, Error::NotReady(_)), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn instance_locks_are_pruned() {
+    let f = fixture(HandlerConfig::default());
+    for i in 0..3000 {
+        drop(f.handler.lock_instance(&format!("i-{i}")).await);
+    }
+    assert!(f.handler.instances.lock().await.len() <= 1024);
+    // A lock in use survives pruning and still serialises its instance.
+    let held = f.handler.lock_instance("i-busy").await;
+    for i in 0..2000 {
+        drop(f.handler.lock_instance(&format!("j-{i}")).await);
+    }
+    let h = f.handler.clone();
+    let waiter = tokio::spawn(async move { drop(h.lock_instance("i-busy").await) });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!waiter.is_finished());
+    drop(held);
+    waiter.await.unwrap();
+}
