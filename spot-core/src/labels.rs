@@ -234,32 +234,13 @@ mod tests {
     use super::*;
 
     fn instance_type(name: &str) -> InstanceType {
-        let (family, size) = name.split_once('.').unwrap_or((name, ""));
         InstanceType {
-            name: name.to_owned(),
-            family: family.to_owned(),
-            category: family.chars().take_while(char::is_ascii_lowercase).collect(),
             generation: 5,
-            size: size.to_owned(),
-            architectures: vec![Architecture::X86_64],
-            cpu_manufacturer: "Intel".into(),
-            vcpus: 2,
-            memory_mib: 8192,
-            gpus: 0,
-            gpu_memory_mib: 0,
-            gpu_manufacturer: String::new(),
-            gpu_model: String::new(),
             max_enis: 3,
             ipv4_per_eni: 10,
-            hypervisor: "nitro".into(),
-            burstable: false,
-            bare_metal: false,
-            current_generation: true,
             network_performance: "Up to 10 Gigabit".into(),
             network_gbps: 0.75,
-            instance_storage_gb: 0,
-            spot_supported: true,
-            on_demand_supported: true,
+            ..crate::catalog::synthetic_type(name, 2, 8192).unwrap()
         }
     }
 

@@ -353,36 +353,16 @@ pub(crate) mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::instance_type::{Architecture, NameParts};
+    use crate::instance_type::Architecture;
 
     /// A plain x86_64 Intel nitro type.
     pub(crate) fn ty(name: &str, vcpus: u32, memory_gib: u64) -> InstanceType {
-        let parts = NameParts::parse(name).unwrap();
         InstanceType {
-            name: name.to_owned(),
-            family: parts.family,
-            category: parts.category,
-            generation: parts.generation,
-            size: parts.size,
-            architectures: vec![Architecture::X86_64],
-            cpu_manufacturer: "Intel".into(),
-            vcpus,
-            memory_mib: memory_gib * 1024,
-            gpus: 0,
-            gpu_memory_mib: 0,
-            gpu_manufacturer: String::new(),
-            gpu_model: String::new(),
             max_enis: 3,
             ipv4_per_eni: 10,
-            hypervisor: "nitro".into(),
-            burstable: false,
-            bare_metal: false,
-            current_generation: true,
             network_performance: "Up to 10 Gigabit".into(),
             network_gbps: 0.75,
-            instance_storage_gb: 0,
-            spot_supported: true,
-            on_demand_supported: true,
+            ..crate::catalog::synthetic_type(name, vcpus, memory_gib * 1024).unwrap()
         }
     }
 

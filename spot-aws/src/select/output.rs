@@ -488,38 +488,19 @@ pub fn instance_groups(
 
 #[cfg(test)]
 mod tests {
-    use spot_core::instance_type::{Architecture, InstanceType, NameParts};
+    use spot_core::instance_type::{Architecture, InstanceType};
 
     use super::*;
 
     fn sel(name: &str, vcpus: u32, memory_gib: u64, arch: Architecture) -> Selected {
-        let p = NameParts::parse(name).unwrap();
         Selected {
             instance_type: InstanceType {
-                name: name.into(),
-                family: p.family,
-                category: p.category,
-                generation: p.generation,
-                size: p.size,
                 architectures: vec![arch],
-                cpu_manufacturer: "Intel".into(),
-                vcpus,
-                memory_mib: memory_gib * 1024,
-                gpus: 0,
-                gpu_memory_mib: 0,
-                gpu_manufacturer: String::new(),
-                gpu_model: String::new(),
                 max_enis: 3,
                 ipv4_per_eni: 10,
-                hypervisor: "nitro".into(),
-                burstable: false,
-                bare_metal: false,
-                current_generation: true,
                 network_performance: "Up to 10 Gigabit".into(),
                 network_gbps: 0.75,
-                instance_storage_gb: 0,
-                spot_supported: true,
-                on_demand_supported: true,
+                ..spot_core::catalog::synthetic_type(name, vcpus, memory_gib * 1024).unwrap()
             },
             region: "us-east-1".into(),
             zones: vec!["us-east-1a".into()],
