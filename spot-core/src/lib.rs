@@ -4,7 +4,7 @@
 //! vocabulary every other crate of the workspace speaks, plus the pure algorithms.
 //!
 //! - Quantities and resources: [`quantity`], [`resources`].
-//! - Scheduling vocabulary: [`labels`], [`requirements`].
+//! - Scheduling vocabulary: [`labels`], [`requirements`], [`pod`].
 //! - Capacity: [`instance_type`], [`allocatable`], [`catalog`], [`price`], and instance-type
 //!   selection: [`select`].
 //! - Interruptions: [`event`], and the seams that produce and act on them: [`source`],
@@ -20,6 +20,7 @@ pub mod instance_type;
 pub mod labels;
 pub mod leader;
 pub mod node;
+pub mod pod;
 pub mod price;
 pub mod quantity;
 pub mod requirements;
