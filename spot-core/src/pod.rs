@@ -333,7 +333,7 @@ impl PodAffinityTerm {
         let in_namespace = if self.namespaces.is_empty() {
             other.namespace == own_namespace
         } else {
-            self.namespaces.iter().any(|n| *n == other.namespace)
+            self.namespaces.contains(&other.namespace)
         };
         in_namespace && self.selector.matches(&other.labels)
     }
