@@ -20,6 +20,7 @@ pub mod instance_type;
 pub mod labels;
 pub mod leader;
 pub mod node;
+pub mod offerings;
 pub mod pod;
 pub mod price;
 pub mod quantity;
