@@ -9,12 +9,14 @@
 //!   selection: [`select`].
 //! - Interruptions: [`event`], and the seams that produce and act on them: [`source`],
 //!   [`node`], [`cloud`], [`clock`], [`leader`].
+//! - Disruption (consolidation, drift, budgets): [`disruption`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod allocatable;
 pub mod catalog;
 pub mod clock;
 pub mod cloud;
+pub mod disruption;
 pub mod event;
 pub mod instance_type;
 pub mod labels;
