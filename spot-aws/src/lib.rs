@@ -5,6 +5,8 @@
 //! - [`imds`]: the IMDSv2 client and IMDS interruption event source.
 //! - [`imds_sim`]: `spot-imds-sim`, an IMDS simulator compatible with amazon-ec2-metadata-mock.
 //! - [`instances`]: EC2 instance-to-node resolution with a short-lived cache.
+//! - [`fleet`]: launching, describing and terminating instances with EC2 CreateFleet (the
+//!   `CloudProvider` of the provisioner), with Karpenter's request merging.
 //! - [`autoscaling`]: completing and heartbeating Auto Scaling lifecycle actions.
 //! - [`select`]: the live EC2 catalog and the output formats of `spot-select`.
 //!
@@ -13,6 +15,7 @@
 
 pub mod autoscaling;
 pub mod config;
+pub mod fleet;
 pub mod imds;
 pub mod imds_sim;
 pub mod instances;
