@@ -4,9 +4,15 @@
 //!
 //! - [`budget`]: NodePool disruption budgets (counts, percentages, reasons, cron windows),
 //!   with [`cron`] schedules and Go [`duration`]s.
+//! - [`cost`]: eviction, disruption and reschedule costs, savings ratios, the `Balanced` score.
+//! - [`candidate`]: the nodes disruption may act on, and what blocks them (do-not-disrupt,
+//!   PodDisruptionBudgets).
 
 pub mod budget;
+pub mod candidate;
+pub mod cost;
 pub mod cron;
 pub mod duration;
 
 pub use budget::{Budget, Budgets, Reason};
+pub use candidate::{Blocked, Candidate, Pdb, Pdbs};
