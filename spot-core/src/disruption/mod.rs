@@ -7,11 +7,13 @@
 //! - [`cost`]: eviction, disruption and reschedule costs, savings ratios, the `Balanced` score.
 //! - [`candidate`]: the nodes disruption may act on, and what blocks them (do-not-disrupt,
 //!   PodDisruptionBudgets).
+//! - [`drift`]: the NodePool template hash, requirements drift, expiration.
 
 pub mod budget;
 pub mod candidate;
 pub mod cost;
 pub mod cron;
+pub mod drift;
 pub mod duration;
 
 pub use budget::{Budget, Budgets, Reason};
