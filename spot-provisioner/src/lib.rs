@@ -1,4 +1,10 @@
 //! An embeddable Karpenter-style provisioner.
 //!
-//! **Not implemented yet**: this crate only reserves its place in the workspace. See the
-//! README for what it will hold and which `spot-core` and `spot-k8s` pieces it builds on.
+//! - [`api`]: the custom resources (`NodePool`, `NodeClaim` in `karpenter.sh/v1`,
+//!   `SpotNodeClass` in `spot.dev/v1`) and their CRDs.
+//!
+//! This crate does not pick a Kubernetes version: enable one `k8s-openapi` version feature in
+//! the final binary (or dev-dependencies), as k8s-openapi requires.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod api;
