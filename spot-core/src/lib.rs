@@ -23,6 +23,7 @@ pub mod labels;
 pub mod leader;
 pub mod node;
 pub mod offerings;
+pub mod packing;
 pub mod pod;
 pub mod price;
 pub mod quantity;

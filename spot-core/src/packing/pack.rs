@@ -1,0 +1,552 @@
+//! The cost-minimising packer: a greedy construction by cost efficiency, then local search
+//! ([`search`](super::search)).
+//!
+//! **Item values.** The *value* of an item is what it would cost alone, packed as densely as
+//! a fluid into the type that suits it best: `min over types t of price(t) × share(t)`, where
+//! `share(t)` is the largest fraction of a resource of `t` the item takes. A bin's
+//! *efficiency* is the value of its items divided by its price: 1 for a bin of the item's
+//! best type filled to the brim with it, above 1 when complementary items (CPU-heavy with
+//! memory-heavy) share a bin better than either could alone.
+//!
+//! **Construction.** While items are left, every type is filled three ways and the most
+//! efficient bin wins:
+//! - *slice*: the type takes the largest proportional slice of what is left (every class in
+//!   the same proportion, so a mixed workload stays mixed), then is topped up largest first;
+//! - *largest first*: classes by the share of the type they take, descending;
+//! - *affinity*: classes the type serves best first (the item's value over the price of the
+//!   share of this type it takes: 1 for the class's best type).
+//!
+//! The winning bin is repeated as often as the remaining items allow, which keeps the
+//! number of rounds near the number of distinct bin shapes. Once what is left fits in one
+//! bin, "finish with the cheapest type that holds it all" is remembered as an alternative to
+//! the greedy tail, and the cheaper ending is kept.
+//!
+//! Identical items are grouped into classes (see [`Problem`]), so the work depends on the
+//! number of distinct request vectors, not on the number of items.
+
+use super::model::{BinType, Error, Item, Packing, Problem};
+
+/// Packs `items` into bins of `types` to minimise the total price (see the module
+/// documentation). Deterministic: the same input gives the same answer. Fails when an item
+/// fits in no type (the error names it), or on invalid input (negative amounts, a price that
+/// is not a finite non-negative number).
+pub fn pack(items: &[Item], types: &[BinType]) -> Result<Packing, Error> {
+    let problem = Problem::new(items, types)?;
+    let mut packer = Packer::new(&problem);
+    let bins = packer.solve();
+    Ok(problem.to_packing(bins.iter().map(|b| (b.ty, b.content.as_slice()))))
+}
+
+/// One bin under construction: its (kept) type, its load and its items as (class, count)
+/// pairs sorted by class.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BinState {
+    pub ty: usize,
+    pub load: Vec<i64>,
+    pub content: Vec<(usize, usize)>,
+}
+
+/// Above this many (class, type) pairs, every type uses the same class order.
+const PER_TYPE_ORDER_LIMIT: usize = 1 << 20;
+
+/// How a type is filled in one round of the construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    Slice,
+    Largest,
+    Affinity,
+}
+
+/// Class orders for one construction.
+struct Orders {
+    /// Per type: the classes that fit it, largest share first. Empty when `global` is used.
+    largest: Vec<Vec<u32>>,
+    /// Per type: the classes that fit it, the ones it serves best first.
+    affinity: Vec<Vec<u32>>,
+    /// One order for every type (by value, descending) when per-type orders are too big.
+    global: Vec<u32>,
+}
+
+/// The packer's state: the problem, item values and scratch space.
+pub(crate) struct Packer<'p> {
+    pub p: &'p Problem,
+    /// Value of one item of each class (see the module documentation).
+    pub value: Vec<f64>,
+    /// Prices below this count as this when dividing (types may be free).
+    price_floor: f64,
+    /// Scratch: items of each class taken by the bin being filled.
+    taken: Vec<usize>,
+    /// Scratch: remaining items of each class in the construction.
+    rem: Vec<usize>,
+}
+
+impl<'p> Packer<'p> {
+    /// Computes item values.
+    pub fn new(p: &'p Problem) -> Packer<'p> {
+        let max_price = p.type_price.iter().copied().fold(0.0, f64::max);
+        let scale = if max_price > 0.0 { max_price } else { 1.0 };
+        let mut max_cap = vec![0i64; p.dims];
+        for t in 0..p.types() {
+            for (m, &c) in max_cap.iter_mut().zip(p.cap(t)) {
+                *m = (*m).max(c);
+            }
+        }
+        let value = (0..p.classes())
+            .map(|c| {
+                if p.is_empty_class(c) {
+                    return 0.0;
+                }
+                let best = (0..p.types())
+                    .filter_map(|t| share(p, c, t).map(|s| p.type_price[t] * s))
+                    .fold(f64::INFINITY, f64::min);
+                let size = p
+                    .req(c)
+                    .iter()
+                    .zip(&max_cap)
+                    .filter(|(r, _)| **r > 0)
+                    .map(|(&r, &m)| r as f64 / m as f64)
+                    .fold(0.0, f64::max);
+                // The tiny size term keeps values positive when some types are free.
+                best + 1e-9 * scale * size
+            })
+            .collect();
+        Packer {
+            p,
+            value,
+            price_floor: 1e-12 * scale,
+            taken: vec![0; p.classes()],
+            rem: vec![0; p.classes()],
+        }
+    }
+
+    /// The price of a kept type as a divisor.
+    pub fn divisor(&self, t: usize) -> f64 {
+        self.p.type_price[t].max(self.price_floor)
+    }
+
+    /// The efficiency of a bin: the value of its items over its price.
+    pub fn efficiency(&self, bin: &BinState) -> f64 {
+        self.content_value(&bin.content) / self.divisor(bin.ty)
+    }
+
+    /// The value of a content.
+    pub fn content_value(&self, content: &[(usize, usize)]) -> f64 {
+        content.iter().map(|&(c, k)| self.value[c] * k as f64).sum()
+    }
+
+    /// The total price of bins.
+    pub fn cost(&self, bins: &[BinState]) -> f64 {
+        bins.iter().map(|b| self.p.type_price[b.ty]).sum()
+    }
+
+    /// Packs every item: construction, local search, then the items that request nothing
+    /// go into the first bin (or the cheapest type when there is no other bin).
+    pub fn solve(&mut self) -> Vec<BinState> {
+        let p = self.p;
+        let all: Vec<(usize, usize)> = (0..p.classes())
+            .filter(|&c| !p.is_empty_class(c))
+            .map(|c| (c, p.class_items[c].len()))
+            .collect();
+        let mut bins = self.construct(&all);
+        self.improve(&mut bins);
+        let free: Vec<(usize, usize)> = (0..p.classes())
+            .filter(|&c| p.is_empty_class(c))
+            .map(|c| (c, p.class_items[c].len()))
+            .collect();
+        if !free.is_empty() {
+            if bins.is_empty() {
+                bins.push(BinState {
+                    ty: 0,
+                    load: vec![0; p.dims],
+                    content: Vec::new(),
+                });
+            }
+            let first = &mut bins[0].content;
+            first.extend(free);
+            first.sort_unstable();
+        }
+        bins
+    }
+
+    /// A bin holding `content`, of the cheapest type it fits in.
+    pub fn right_sized(&self, content: Vec<(usize, usize)>) -> Option<BinState> {
+        let mut load = vec![0; self.p.dims];
+        for &(c, k) in &content {
+            self.p.add(&mut load, c, k);
+        }
+        let ty = self.p.cheapest_fit(&load)?;
+        Some(BinState { ty, load, content })
+    }
+
+    /// The greedy construction on a pool of (class, count) pairs (see the module
+    /// documentation); the bins are right-sized.
+    pub fn construct(&mut self, pool: &[(usize, usize)]) -> Vec<BinState> {
+        let p = self.p;
+        let mut active: Vec<usize> = Vec::new();
+        for &(c, k) in pool {
+            if k > 0 && !p.is_empty_class(c) {
+                if self.rem[c] == 0 {
+                    active.push(c);
+                }
+                self.rem[c] += k;
+            }
+        }
+        active.sort_unstable();
+        let orders = self.orders(&active);
+        let mut bins: Vec<BinState> = Vec::new();
+        // (number of bins before, type holding everything left, what was left)
+        let mut endings: Vec<(usize, usize, Vec<(usize, usize)>)> = Vec::new();
+        let mut content = Vec::new();
+        let mut best_content = Vec::new();
+        while !active.is_empty() {
+            let mut totals = vec![0i64; p.dims];
+            let mut min_req = vec![i64::MAX; p.dims];
+            for &c in &active {
+                p.add(&mut totals, c, self.rem[c]);
+                for (m, &r) in min_req.iter_mut().zip(p.req(c)) {
+                    *m = (*m).min(r);
+                }
+            }
+            if let Some(t) = p.cheapest_fit(&totals) {
+                let left = active.iter().map(|&c| (c, self.rem[c])).collect();
+                endings.push((bins.len(), t, left));
+            }
+            let slice_ratio = totals
+                .iter()
+                .enumerate()
+                .filter(|(_, total)| **total > 0)
+                .map(|(d, &total)| (d, total as f64))
+                .collect::<Vec<_>>();
+            // (efficiency, value, type)
+            let mut best: Option<(f64, f64, usize)> = None;
+            for t in 0..p.types() {
+                let cap = p.cap(t);
+                let s = slice_ratio
+                    .iter()
+                    .map(|&(d, total)| cap[d] as f64 / total)
+                    .fold(f64::INFINITY, f64::min);
+                for strategy in [Strategy::Slice, Strategy::Largest, Strategy::Affinity] {
+                    let order: &[u32] = match (strategy, orders.global.is_empty()) {
+                        (_, false) => &orders.global,
+                        (Strategy::Affinity, true) => &orders.affinity[t],
+                        (_, true) => &orders.largest[t],
+                    };
+                    if strategy == Strategy::Affinity && !orders.global.is_empty() {
+                        continue;
+                    }
+                    let slice = (strategy == Strategy::Slice).then_some(s);
+                    let value = self.fill(t, slice, order, &active, &min_req, &mut content);
+                    if content.is_empty() {
+                        continue;
+                    }
+                    let efficiency = value / self.divisor(t);
+                    let better = match best {
+                        None => true,
+                        Some((e, v, _)) => {
+                            efficiency > e * (1.0 + 1e-12)
+                                || (efficiency >= e * (1.0 - 1e-12) && value > v * (1.0 + 1e-12))
+                        }
+                    };
+                    if better {
+                        best = Some((efficiency, value, t));
+                        std::mem::swap(&mut best_content, &mut content);
+                    }
+                }
+            }
+            let Some(_) = best else {
+                // Unreachable: every class fits some type. Give up on the rest rather than
+                // loop forever.
+                break;
+            };
+            let copies = best_content
+                .iter()
+                .map(|&(c, k)| self.rem[c] / k)
+                .min()
+                .unwrap_or(1)
+                .max(1);
+            for &(c, k) in &best_content {
+                self.rem[c] -= k * copies;
+            }
+            if let Some(bin) = self.right_sized(best_content.clone()) {
+                bins.extend(std::iter::repeat_n(bin, copies));
+            }
+            active.retain(|&c| self.rem[c] > 0);
+        }
+        for &c in &active {
+            self.rem[c] = 0;
+        }
+        // Keep the cheapest ending.
+        let mut suffix = vec![0.0; bins.len() + 1];
+        for i in (0..bins.len()).rev() {
+            suffix[i] = suffix[i + 1] + p.type_price[bins[i].ty];
+        }
+        let mut choice: Option<(f64, usize)> = None;
+        for (index, &(start, t, _)) in endings.iter().enumerate() {
+            let saving = suffix[start] - p.type_price[t];
+            if saving > 1e-9 * suffix[start] && choice.is_none_or(|(s, _)| saving > s) {
+                choice = Some((saving, index));
+            }
+        }
+        if let Some((_, index)) = choice {
+            let (start, _, left) = endings.swap_remove(index);
+            bins.truncate(start);
+            bins.extend(self.right_sized(left));
+        }
+        bins
+    }
+
+    /// Fills one bin of type `t` from the remaining items; returns the value of its content,
+    /// written to `out` as (class, count) sorted by class.
+    fn fill(
+        &mut self,
+        t: usize,
+        slice: Option<f64>,
+        order: &[u32],
+        active: &[usize],
+        min_req: &[i64],
+        out: &mut Vec<(usize, usize)>,
+    ) -> f64 {
+        let p = self.p;
+        let cap = p.cap(t);
+        let mut load = vec![0i64; p.dims];
+        out.clear();
+        if let Some(s) = slice {
+            for &c in active {
+                let want = if s >= 1.0 {
+                    self.rem[c]
+                } else {
+                    ((s * self.rem[c] as f64).floor() as usize).min(self.rem[c])
+                };
+                let k = want.min(p.room(&load, c, t));
+                if k > 0 {
+                    p.add(&mut load, c, k);
+                    self.taken[c] += k;
+                    out.push((c, 0));
+                }
+            }
+        }
+        for &c in order {
+            let c = c as usize;
+            let full = load
+                .iter()
+                .zip(cap)
+                .zip(min_req)
+                .any(|((l, cap), m)| cap - l < *m);
+            if full {
+                break;
+            }
+            let avail = self.rem[c] - self.taken[c];
+            if avail == 0 {
+                continue;
+            }
+            let k = avail.min(p.room(&load, c, t));
+            if k > 0 {
+                if self.taken[c] == 0 {
+                    out.push((c, 0));
+                }
+                p.add(&mut load, c, k);
+                self.taken[c] += k;
+            }
+        }
+        let mut value = 0.0;
+        for (c, k) in out.iter_mut() {
+            *k = std::mem::take(&mut self.taken[*c]);
+            value += self.value[*c] * *k as f64;
+        }
+        out.sort_unstable();
+        value
+    }
+
+    /// The class orders of a construction over `active` classes.
+    fn orders(&self, active: &[usize]) -> Orders {
+        let p = self.p;
+        if active.len().saturating_mul(p.types()) > PER_TYPE_ORDER_LIMIT {
+            let mut global: Vec<u32> = active.iter().map(|&c| c as u32).collect();
+            global.sort_by(|&a, &b| {
+                self.value[b as usize]
+                    .total_cmp(&self.value[a as usize])
+                    .then(a.cmp(&b))
+            });
+            return Orders {
+                largest: Vec::new(),
+                affinity: Vec::new(),
+                global,
+            };
+        }
+        let mut largest = Vec::with_capacity(p.types());
+        let mut affinity = Vec::with_capacity(p.types());
+        for t in 0..p.types() {
+            let shares: Vec<(u32, f64)> = active
+                .iter()
+                .filter_map(|&c| share(p, c, t).map(|s| (c as u32, s)))
+                .collect();
+            let mut by_size = shares.clone();
+            by_size.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            largest.push(by_size.iter().map(|&(c, _)| c).collect());
+            let price = self.divisor(t);
+            let mut by_fit: Vec<(u32, f64, f64)> = shares
+                .iter()
+                .map(|&(c, s)| (c, self.value[c as usize] / (price * s.max(f64::MIN_POSITIVE)), s))
+                .collect();
+            by_fit.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.total_cmp(&a.2)).then(a.0.cmp(&b.0)));
+            affinity.push(by_fit.iter().map(|&(c, _, _)| c).collect());
+        }
+        Orders {
+            largest,
+            affinity,
+            global: Vec::new(),
+        }
+    }
+}
+
+/// The largest fraction of a resource of type `t` one item of `class` takes, or `None`
+/// when it does not fit.
+pub(crate) fn share(p: &Problem, class: usize, t: usize) -> Option<f64> {
+    let mut share: f64 = 0.0;
+    for (&r, &c) in p.req(class).iter().zip(p.cap(t)) {
+        if r > c {
+            return None;
+        }
+        if r > 0 {
+            share = share.max(r as f64 / c as f64);
+        }
+    }
+    Some(share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packing::first_fit_decreasing;
+    use crate::resources::{self, Resources};
+
+    const GI: i64 = 1 << 30;
+
+    fn item(cpu: i64, mem: i64) -> Item {
+        Item::new(Resources::new(cpu, mem).with_pods(1))
+    }
+
+    fn bin_type(cpu: i64, mem: i64, price: f64) -> BinType {
+        BinType::new(Resources::new(cpu, mem).with_pods(110), price)
+    }
+
+    fn packed(items: &[Item], types: &[BinType]) -> Packing {
+        let packing = pack(items, types).unwrap();
+        packing.check(items, types).unwrap();
+        packing
+    }
+
+    #[test]
+    fn two_small_bins_beat_one_big_one() {
+        // kubernetes-sigs/karpenter#2457: 3 + 1 vCPU.
+        let items = vec![item(1000, GI), item(3000, GI)];
+        let types = vec![
+            bin_type(1000, 2 * GI, 0.05),
+            bin_type(3000, 6 * GI, 0.15),
+            bin_type(4000, 8 * GI, 0.4),
+        ];
+        let packing = packed(&items, &types);
+        assert!((packing.cost(&types) - 0.2).abs() < 1e-12, "{packing:?}");
+        let ffd = first_fit_decreasing(&items, &types).unwrap();
+        assert!((ffd.cost(&types) - 0.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn complementary_items_share_a_balanced_type() {
+        // CPU-heavy and memory-heavy pods: one general-purpose bin holds a pair more
+        // cheaply than a compute bin and a memory bin.
+        let mut items = Vec::new();
+        for _ in 0..50 {
+            items.push(item(3500, 2 * GI));
+            items.push(item(500, 13 * GI));
+        }
+        let types = vec![
+            bin_type(4000, 8 * GI, 0.17),   // compute
+            bin_type(4000, 16 * GI, 0.192), // general purpose
+            bin_type(2000, 16 * GI, 0.126), // memory
+        ];
+        let packing = packed(&items, &types);
+        assert_eq!(packing.bins.len(), 50);
+        assert!(packing.bins.iter().all(|b| b.bin_type == 1));
+        let ffd = first_fit_decreasing(&items, &types).unwrap();
+        assert!(packing.cost(&types) <= ffd.cost(&types) + 1e-9);
+    }
+
+    #[test]
+    fn homogeneous_items_use_the_most_efficient_type() {
+        // 1.5 vCPU pods: a 4-vCPU bin wastes 1 vCPU, a 3-vCPU bin none.
+        let items = vec![item(1500, GI); 60];
+        let types = vec![
+            bin_type(2000, 8 * GI, 0.1),
+            bin_type(3000, 12 * GI, 0.15),
+            bin_type(4000, 16 * GI, 0.2),
+        ];
+        let packing = packed(&items, &types);
+        assert!(
+            (packing.cost(&types) - 30.0 * 0.15).abs() < 1e-9,
+            "{}",
+            packing.cost(&types)
+        );
+    }
+
+    #[test]
+    fn extended_resources_and_pod_limits_count() {
+        let gpu = |cpu| {
+            Item::new(
+                Resources::new(cpu, GI)
+                    .with_pods(1)
+                    .with_extended(resources::NVIDIA_GPU, 1),
+            )
+        };
+        let mut items = vec![gpu(4000), gpu(4000), gpu(4000)];
+        items.extend(vec![item(10, 1 << 20); 30]);
+        let types = vec![
+            BinType::new(Resources::new(8000, 32 * GI).with_pods(10), 0.1),
+            BinType::new(
+                Resources::new(16000, 64 * GI)
+                    .with_pods(29)
+                    .with_extended(resources::NVIDIA_GPU, 4),
+                1.0,
+            ),
+        ];
+        let packing = packed(&items, &types);
+        // One GPU bin takes the 3 GPU pods and 26 small ones; the 4 left need one small bin.
+        assert!((packing.cost(&types) - 1.1).abs() < 1e-9, "{packing:?}");
+    }
+
+    #[test]
+    fn empty_free_and_zero_request_items() {
+        let types = vec![bin_type(1000, GI, 0.2), bin_type(1000, GI, 0.1)];
+        assert_eq!(pack(&[], &types).unwrap(), Packing::default());
+        let zero = Item::new(Resources::default());
+        let packing = packed(&[zero.clone(), zero], &types);
+        assert_eq!(packing.bins.len(), 1);
+        assert_eq!(packing.bins[0].bin_type, 1);
+        let free = vec![bin_type(1000, GI, 0.0), bin_type(4000, 4 * GI, 0.0)];
+        let packing = packed(&vec![item(600, 1 << 20); 10], &free);
+        assert_eq!(packing.cost(&free), 0.0);
+        assert!(packing.bins.len() <= 2);
+    }
+
+    #[test]
+    fn errors_name_the_item() {
+        let types = vec![bin_type(1000, GI, 0.1)];
+        let err = pack(&[item(100, 1), item(100, 2 * GI)], &types).unwrap_err();
+        assert!(matches!(err, Error::NoFit { item: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn deterministic() {
+        let mut items = Vec::new();
+        for i in 0..300i64 {
+            items.push(item(100 + (i * 37) % 1400, (1 + (i * 13) % 7) * GI / 2));
+        }
+        let types: Vec<BinType> = (1..=16)
+            .map(|i| bin_type(i * 1000, i * 3 * GI, 0.04 * i as f64 + 0.01 * (i % 3) as f64))
+            .collect();
+        let a = packed(&items, &types);
+        let b = packed(&items, &types);
+        assert_eq!(a, b);
+        assert!(a.cost(&types) <= first_fit_decreasing(&items, &types).unwrap().cost(&types) + 1e-9);
+    }
+}
