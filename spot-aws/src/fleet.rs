@@ -863,18 +863,32 @@ impl Inner {
             }
         }
         for chunk in wanted.chunks(MAX_TERMINATE_IDS) {
-            match self.terminate_call(chunk).await {
-                Ok(()) => {}
-                Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => {
-                    // One unknown id fails the whole call: retry with the ids EC2 knows.
-                    let known: Vec<String> = self.describe(chunk).await?.into_iter().map(|i| i.id).collect();
-                    if !known.is_empty() {
-                        self.terminate_call(&known)
-                            .await
-                            .map_err(|e| api_error("TerminateInstances", &e))?;
-                    }
-                }
+            self.terminate_chunk(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// One TerminateInstances call. One unknown id fails the whole call: the ids EC2 names
+    /// in its NotFound message are dropped and the rest retried (an instance launched a
+    /// moment ago and not yet visible to DescribeInstances is still terminated); when the
+    /// message names none of them, the ids DescribeInstances knows are retried.
+    async fn terminate_chunk(&self, mut ids: Vec<String>) -> Result<(), cloud::Error> {
+        let mut described = false;
+        while !ids.is_empty() {
+            let error = match self.terminate_call(&ids).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => e,
                 Err(e) => return Err(api_error("TerminateInstances", &e)),
+            };
+            let unknown = named_instance_ids(error.message().unwrap_or_default(), &ids);
+            if !unknown.is_empty() {
+                ids.retain(|id| !unknown.contains(id));
+            } else if !described {
+                described = true;
+                let known: BTreeSet<String> = self.describe(&ids).await?.into_iter().map(|i| i.id).collect();
+                ids.retain(|id| known.contains(id));
+            } else {
+                return Err(api_error("TerminateInstances", &error));
             }
         }
         Ok(())
@@ -894,6 +908,16 @@ impl Inner {
             .await
             .map(|_| ())
     }
+}
+
+/// The ids of `among` that an EC2 message names, such as
+/// `The instance IDs 'i-1, i-2' do not exist`.
+fn named_instance_ids(message: &str, among: &[String]) -> BTreeSet<String> {
+    message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|token| among.iter().any(|id| id == token))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Hands each waiter its share of a batch's result, in arrival order. A caller that went
@@ -1319,6 +1343,22 @@ mod tests {
             ]
         );
         assert!(instances.iter().all(|i| i.state == "pending" && i.tags == tags));
+    }
+
+    #[test]
+    fn not_found_messages_name_the_unknown_ids() {
+        let ids: Vec<String> = ["i-1", "i-22", "i-0abc"].map(str::to_owned).to_vec();
+        assert_eq!(
+            named_instance_ids("The instance IDs 'i-22, i-0abc' do not exist", &ids),
+            BTreeSet::from(["i-22".to_owned(), "i-0abc".to_owned()])
+        );
+        assert_eq!(
+            named_instance_ids("The instance ID 'i-1' does not exist", &ids),
+            BTreeSet::from(["i-1".to_owned()])
+        );
+        // Ids we did not send, or prefixes of ours, do not count.
+        assert!(named_instance_ids("The instance ID 'i-2' does not exist", &ids).is_empty());
+        assert!(named_instance_ids("Invalid id", &ids).is_empty());
     }
 
     fn instance(id: &str) -> Instance {

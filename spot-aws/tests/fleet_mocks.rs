@@ -382,18 +382,53 @@ async fn a_full_batch_is_sent_at_once() {
     assert!(start.elapsed() < Duration::from_millis(100));
 }
 
+fn not_found(message: &'static str) -> TerminateInstancesError {
+    TerminateInstancesError::generic(
+        aws_sdk_ec2::error::ErrorMetadata::builder()
+            .code("InvalidInstanceID.NotFound")
+            .message(message)
+            .build(),
+    )
+}
+
 #[tokio::test]
-async fn terminate_retries_with_the_ids_ec2_knows() {
-    let not_found = mock!(Client::terminate_instances)
+async fn terminate_retries_without_the_ids_ec2_does_not_know() {
+    // EC2 names the unknown ids: they are dropped, the rest retried, nothing described (a
+    // fresh instance DescribeInstances does not show yet is still terminated).
+    let refused = mock!(Client::terminate_instances)
+        .match_requests(|r| r.instance_ids().len() == 3)
+        .then_error(|| not_found("The instance IDs 'i-0dead, i-0gone' do not exist"));
+    let known = mock!(Client::terminate_instances)
+        .match_requests(|r| r.instance_ids() == ["i-0aaa"])
+        .then_output(|| TerminateInstancesOutput::builder().build());
+    let describe =
+        mock!(Client::describe_instances).then_output(|| DescribeInstancesOutput::builder().build());
+    let fleet = Ec2Fleet::new(client(&[&refused, &known, &describe]), config(None)).unwrap();
+    fleet
+        .terminate(&[
+            "i-0dead".into(),
+            "i-0aaa".into(),
+            "junk".into(),
+            "i-0gone".into(),
+            "i-0aaa".into(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.num_calls(), known.num_calls(), describe.num_calls()),
+        (1, 1, 0)
+    );
+    // Nothing to terminate: no call at all.
+    fleet.terminate(&["junk".into()]).await.unwrap();
+    fleet.terminate(&[]).await.unwrap();
+    assert_eq!(refused.num_calls() + known.num_calls(), 2);
+}
+
+#[tokio::test]
+async fn terminate_falls_back_to_describe_when_the_error_names_no_id() {
+    let refused = mock!(Client::terminate_instances)
         .match_requests(|r| r.instance_ids().len() == 2)
-        .then_error(|| {
-            TerminateInstancesError::generic(
-                aws_sdk_ec2::error::ErrorMetadata::builder()
-                    .code("InvalidInstanceID.NotFound")
-                    .message("The instance ID 'i-0dead' does not exist")
-                    .build(),
-            )
-        });
+        .then_error(|| not_found("Some instances do not exist"));
     let known = mock!(Client::terminate_instances)
         .match_requests(|r| r.instance_ids() == ["i-0aaa"])
         .then_output(|| TerminateInstancesOutput::builder().build());
@@ -406,18 +441,31 @@ async fn terminate_retries_with_the_ids_ec2_knows() {
             )
             .build()
     });
-    let fleet = Ec2Fleet::new(client(&[&not_found, &known, &describe]), config(None)).unwrap();
+    let fleet = Ec2Fleet::new(client(&[&refused, &known, &describe]), config(None)).unwrap();
     fleet
-        .terminate(&["i-0aaa".into(), "i-0dead".into(), "junk".into()])
+        .terminate(&["i-0aaa".into(), "i-0dead".into()])
         .await
         .unwrap();
     assert_eq!(
-        (not_found.num_calls(), describe.num_calls(), known.num_calls()),
+        (refused.num_calls(), describe.num_calls(), known.num_calls()),
         (1, 1, 1)
     );
-    // Nothing to terminate: no call at all.
-    fleet.terminate(&["junk".into()]).await.unwrap();
-    assert_eq!(not_found.num_calls() + known.num_calls(), 2);
+
+    // A NotFound that persists after the describe is reported, not looped on.
+    let stubborn = mock!(Client::terminate_instances).then_error(|| not_found("Some instances do not exist"));
+    let describe = mock!(Client::describe_instances).then_output(|| {
+        DescribeInstancesOutput::builder()
+            .reservations(
+                Reservation::builder()
+                    .instances(described("i-0aaa", InstanceType::M5Large, "us-east-1b"))
+                    .build(),
+            )
+            .build()
+    });
+    let fleet = Ec2Fleet::new(client(&[&stubborn, &describe]), config(None)).unwrap();
+    let err = fleet.terminate(&["i-0aaa".into()]).await.unwrap_err();
+    assert!(err.to_string().contains("InvalidInstanceID.NotFound"), "{err}");
+    assert_eq!(stubborn.num_calls(), 2);
 
     // Other errors are reported.
     let denied = mock!(Client::terminate_instances).then_error(|| {
