@@ -2,9 +2,23 @@
 //!
 //! - [`api`]: the custom resources (`NodePool`, `NodeClaim` in `karpenter.sh/v1`,
 //!   `SpotNodeClass` in `spot.dev/v1`) and their CRDs.
+//! - [`provisioner`]: the controller ([`Provisioner`], built with [`Provisioner::builder`]):
+//!   pending pods to NodeClaims to launches, and the NodeClaim lifecycle.
+//! - [`batcher`]: the 1 s idle / 10 s max batch window; [`cluster`]: one loop's read of the
+//!   cluster; [`template`]: what can be launched, per NodePool; [`launch`]: candidate
+//!   ordering, truncation and same-call fallback; [`metrics`]: Prometheus metrics.
 //!
 //! This crate does not pick a Kubernetes version: enable one `k8s-openapi` version feature in
 //! the final binary (or dev-dependencies), as k8s-openapi requires.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod api;
+pub mod batcher;
+pub mod cluster;
+pub mod launch;
+pub mod metrics;
+pub mod provisioner;
+pub mod template;
+
+pub use provisioner::{Provisioner, ProvisionerBuilder, Settings};
+pub use template::InstanceCatalog;
