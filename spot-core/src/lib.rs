@@ -4,7 +4,8 @@
 //! vocabulary every other crate of the workspace speaks, plus the pure algorithms.
 //!
 //! - Quantities and resources: [`quantity`], [`resources`].
-//! - Scheduling vocabulary: [`labels`], [`requirements`], [`pod`].
+//! - Scheduling vocabulary: [`labels`], [`requirements`], [`pod`]; the scheduling simulation:
+//!   [`scheduling`].
 //! - Capacity: [`instance_type`], [`allocatable`], [`catalog`], [`price`], and instance-type
 //!   selection: [`select`].
 //! - Interruptions: [`event`], and the seams that produce and act on them: [`source`],
@@ -29,6 +30,7 @@ pub mod price;
 pub mod quantity;
 pub mod requirements;
 pub mod resources;
+pub mod scheduling;
 pub mod select;
 pub mod source;
 

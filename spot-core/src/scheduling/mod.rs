@@ -1,0 +1,96 @@
+//! The scheduling simulation: which pending pods fit existing nodes, and which new
+//! NodeClaims (NodePool, requirements, instance types) to launch for the others.
+//!
+//! The semantics follow Karpenter's provisioning scheduler (see `karpenter.md` §1.2–1.6):
+//! existing nodes first (deterministic first fit), then this solve's new claims (fewest pods
+//! first), then new claims from NodePools by weight; the queue is ordered by CPU, memory,
+//! creation and UID and cycled until a pass makes no progress; soft constraints are relaxed
+//! in Karpenter's order. Pods whose only constraints are node requirements and tolerations
+//! are packed for cost after the constrained pods are placed.
+//!
+//! - [`template`]: [`InstanceTypeOption`] and [`NodePoolTemplate`] (what can be launched).
+//! - [`existing`]: [`ExistingNode`] and [`InFlightClaim`] (what already exists).
+//! - [`solve`]: [`Scheduler`], [`Solution`], [`NewNodeClaim`].
+//! - `topology` (spread, affinity, anti-affinity counts), `preferences` (relaxation),
+//!   `claim` (claims being built), `intern` (interning and caches): internals.
+//! - [`bench_shape`]: the workloads of Karpenter's scheduling benchmark and of issue #3152.
+
+use std::time::Duration;
+
+pub mod bench_shape;
+mod claim;
+pub mod existing;
+mod intern;
+mod preferences;
+pub mod solve;
+pub mod template;
+mod topology;
+
+pub use claim::NewNodeClaim;
+pub use existing::{ExistingNode, InFlightClaim};
+pub use solve::{Scheduler, Solution};
+pub use template::{InstanceTypeOption, NODES_LIMIT, NodePoolTemplate, type_requirements};
+
+/// Errors of this module.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// An instance type without any offering cannot be launched.
+    #[error("instance type {instance_type:?} has no offering")]
+    NoOfferings {
+        /// The instance type.
+        instance_type: String,
+    },
+    /// The instance type's labels cannot be derived.
+    #[error(transparent)]
+    Labels(#[from] crate::labels::Error),
+}
+
+/// Whether soft constraints count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PreferencePolicy {
+    /// Preferences are treated as requirements until relaxed (Karpenter's default).
+    #[default]
+    Respect,
+    /// Preferred affinities and `ScheduleAnyway` spread constraints are ignored.
+    Ignore,
+}
+
+/// What happens when a NodeClaim cannot keep `minValues` distinct values of a key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MinValuesPolicy {
+    /// The NodeClaim is not created and its pods are unschedulable (Karpenter's default).
+    #[default]
+    Strict,
+    /// The NodeClaim is created anyway and marked as relaxed.
+    BestEffort,
+}
+
+/// Options of a [`Scheduler`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerOptions {
+    /// Whether preferences are respected.
+    pub preference_policy: PreferencePolicy,
+    /// The most instance types a NodeClaim lists (Karpenter: 600).
+    pub max_instance_types: usize,
+    /// What to do when `minValues` cannot be met.
+    pub min_values_policy: MinValuesPolicy,
+    /// Stop after this long (pods not reached are reported); `None`: no timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// Karpenter's `MaxInstanceTypes`.
+pub const MAX_INSTANCE_TYPES: usize = 600;
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            preference_policy: PreferencePolicy::Respect,
+            max_instance_types: MAX_INSTANCE_TYPES,
+            min_values_policy: MinValuesPolicy::Strict,
+            timeout: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
