@@ -143,6 +143,17 @@ pub fn plan(
             usable.push((t, offers));
         }
     }
+    // Karpenter's SpotOfferingFilter: a spot pool dearer than the cheapest on-demand one is
+    // never worth it, so it is dropped before the capacity type is chosen.
+    let cheapest_on_demand = usable
+        .iter()
+        .flat_map(|(_, o)| o.iter())
+        .filter(|x| x.1 == CapacityType::OnDemand)
+        .map(|x| x.2)
+        .fold(f64::INFINITY, f64::min);
+    for (_, offers) in &mut usable {
+        offers.retain(|x| x.1 == CapacityType::OnDemand || x.2 <= cheapest_on_demand);
+    }
     let has = |ct: CapacityType| usable.iter().any(|(_, o)| o.iter().any(|x| x.1 == ct));
     let capacity_type = if has(CapacityType::Spot) {
         CapacityType::Spot
@@ -152,25 +163,18 @@ pub fn plan(
         return Err(Error::NoOffering {
             claim: claim.to_owned(),
             reason: format!(
-                "{} candidate types, none with an available offering matching the claim's zone and capacity-type requirements",
+                "{} candidate types, none with an available offering matching the claim's zone and \
+                 capacity-type requirements",
                 types.len()
             ),
         });
     };
-    let cheapest_on_demand = usable
-        .iter()
-        .flat_map(|(_, o)| o.iter())
-        .filter(|x| x.1 == CapacityType::OnDemand)
-        .map(|x| x.2)
-        .fold(f64::INFINITY, f64::min);
     let mut ranked: Vec<(&InstanceTypeOption, Vec<(&str, f64)>, f64)> = usable
         .into_iter()
         .filter_map(|(t, offers)| {
             let mut o: Vec<(&str, f64)> = offers
                 .into_iter()
                 .filter(|x| x.1 == capacity_type)
-                // Karpenter's SpotOfferingFilter: a spot pool dearer than on-demand is never worth it.
-                .filter(|x| capacity_type == CapacityType::OnDemand || x.2 <= cheapest_on_demand)
                 .map(|x| (x.0, x.2))
                 .collect();
             o.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
@@ -347,4 +351,288 @@ pub async fn launch(
         }),
         report,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use spot_core::allocatable::AllocatableModel;
+    use spot_core::catalog::synthetic_type;
+    use spot_core::clock::FixedClock;
+    use spot_core::cloud::{Error as CloudError, FleetResult};
+    use spot_core::instance_type::Offering;
+    use spot_core::requirements::{Operator, Requirement};
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    fn option(name: &str, vcpus: u32, offers: &[(&str, CapacityType, f64)]) -> Arc<InstanceTypeOption> {
+        let t = Arc::new(synthetic_type(name, vcpus, u64::from(vcpus) * 4096).unwrap());
+        let offerings = offers
+            .iter()
+            .map(|(z, ct, p)| Offering {
+                zone: (*z).to_owned(),
+                capacity_type: *ct,
+                price: *p,
+                available: true,
+            })
+            .collect();
+        Arc::new(InstanceTypeOption::new(t, &AllocatableModel::default(), offerings).unwrap())
+    }
+
+    fn cache() -> UnavailableOfferings {
+        UnavailableOfferings::new(Arc::new(FixedClock(OffsetDateTime::UNIX_EPOCH)))
+    }
+
+    use CapacityType::{OnDemand, Spot};
+
+    fn types() -> Vec<Arc<InstanceTypeOption>> {
+        vec![
+            option(
+                "m5.xlarge",
+                4,
+                &[("us-east-1a", Spot, 0.08), ("us-east-1a", OnDemand, 0.192)],
+            ),
+            option(
+                "m5.large",
+                2,
+                &[
+                    ("us-east-1a", Spot, 0.04),
+                    ("us-east-1b", Spot, 0.05),
+                    ("us-east-1a", OnDemand, 0.096),
+                ],
+            ),
+            // A spot pool dearer than the cheapest on-demand one is dropped.
+            option(
+                "c5.large",
+                2,
+                &[("us-east-1a", Spot, 0.50), ("us-east-1a", OnDemand, 0.085)],
+            ),
+        ]
+    }
+
+    #[test]
+    fn spot_first_cheapest_first_and_no_spot_above_on_demand() {
+        let p = plan(
+            "c1",
+            &Requirements::new(),
+            &types(),
+            &cache(),
+            &LaunchOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(p.capacity_type, Spot);
+        assert_eq!(p.instance_types, ["m5.large", "m5.xlarge"]);
+        assert_eq!(p.candidates[0].zone, "us-east-1a");
+        assert!(p.candidates.iter().all(|c| c.instance_type != "c5.large"));
+    }
+
+    #[test]
+    fn on_demand_when_spot_is_not_allowed_and_truncation() {
+        let reqs = Requirements::new()
+            .with(Requirement::new(labels::CAPACITY_TYPE, Operator::In, ["on-demand"]).unwrap());
+        let opts = LaunchOptions {
+            max_instance_types: 2,
+            ..LaunchOptions::default()
+        };
+        let p = plan("c1", &reqs, &types(), &cache(), &opts).unwrap();
+        assert_eq!(p.capacity_type, OnDemand);
+        assert_eq!(p.instance_types, ["c5.large", "m5.large"]);
+    }
+
+    #[test]
+    fn min_values_counts_what_survives_truncation() {
+        let reqs = Requirements::new().with(
+            Requirement::new(labels::INSTANCE_FAMILY, Operator::In, ["m5", "c5"])
+                .unwrap()
+                .with_min_values(2),
+        );
+        let opts = LaunchOptions {
+            max_instance_types: 1,
+            ..LaunchOptions::default()
+        };
+        let err = plan("c1", &reqs, &types(), &cache(), &opts).unwrap_err();
+        assert!(matches!(err, Error::MinValues { available: 1, .. }), "{err}");
+    }
+
+    /// A cloud that answers each request with the next scripted result and records requests.
+    struct Scripted(Mutex<Vec<FleetResult>>, Mutex<Vec<FleetRequest>>);
+
+    #[async_trait]
+    impl CloudProvider for Scripted {
+        async fn launch(&self, request: &FleetRequest) -> Result<FleetResult, CloudError> {
+            self.1.lock().unwrap().push(request.clone());
+            let mut s = self.0.lock().unwrap();
+            Ok(if s.is_empty() {
+                FleetResult::default()
+            } else {
+                s.remove(0)
+            })
+        }
+        async fn terminate(&self, _: &[String]) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn describe(&self, _: &[String]) -> Result<Vec<Instance>, CloudError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn ice(t: Option<&str>, z: Option<&str>) -> LaunchError {
+        LaunchError {
+            instance_type: t.map(str::to_owned),
+            zone: z.map(str::to_owned),
+            code: "InsufficientInstanceCapacity".into(),
+            message: "no capacity".into(),
+        }
+    }
+
+    fn instance(t: &str, z: &str, ct: CapacityType) -> Instance {
+        Instance {
+            id: "i-1".into(),
+            instance_type: t.into(),
+            zone: z.into(),
+            capacity_type: ct,
+            private_dns_name: "ip-10-0-0-1.ec2.internal".into(),
+            state: "running".into(),
+            tags: BTreeMap::new(),
+            launch_time: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn spot_capacity_errors_fall_back_to_on_demand_in_the_same_call() {
+        let cloud = Scripted(
+            Mutex::new(vec![
+                FleetResult {
+                    instances: vec![],
+                    errors: vec![ice(None, None)],
+                },
+                FleetResult {
+                    instances: vec![instance("c5.large", "us-east-1a", OnDemand)],
+                    errors: vec![],
+                },
+            ]),
+            Mutex::new(Vec::new()),
+        );
+        let unavailable = cache();
+        let (r, report) = launch(
+            &cloud,
+            "c1",
+            &Requirements::new(),
+            &types(),
+            &unavailable,
+            &BTreeMap::new(),
+            &LaunchOptions::default(),
+        )
+        .await;
+        let i = r.unwrap();
+        assert_eq!(i.capacity_type, OnDemand);
+        assert_eq!(report.requests, 2);
+        let sent = cloud.1.lock().unwrap();
+        assert_eq!(sent[0].capacity_type, Spot);
+        assert_eq!(sent[0].strategy, AllocationStrategy::PriceCapacityOptimized);
+        assert_eq!(sent[1].capacity_type, OnDemand);
+        assert_eq!(sent[1].strategy, AllocationStrategy::LowestPrice);
+        assert!(unavailable.is_unavailable("m5.large", "us-east-1b", Spot));
+        assert_eq!(
+            report.marked_unavailable.len(),
+            3,
+            "every spot pool of the request"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pool_error_only_marks_that_pool_and_retries_spot() {
+        let cloud = Scripted(
+            Mutex::new(vec![
+                FleetResult {
+                    instances: vec![],
+                    errors: vec![ice(Some("m5.large"), Some("us-east-1a"))],
+                },
+                FleetResult {
+                    instances: vec![instance("m5.large", "us-east-1b", Spot)],
+                    errors: vec![],
+                },
+            ]),
+            Mutex::new(Vec::new()),
+        );
+        let unavailable = cache();
+        let (r, _) = launch(
+            &cloud,
+            "c1",
+            &Requirements::new(),
+            &types(),
+            &unavailable,
+            &BTreeMap::new(),
+            &LaunchOptions::default(),
+        )
+        .await;
+        assert_eq!(r.unwrap().zone, "us-east-1b");
+        let sent = cloud.1.lock().unwrap();
+        assert!(
+            !sent[1]
+                .candidates
+                .iter()
+                .any(|c| c.instance_type == "m5.large" && c.zone == "us-east-1a")
+        );
+        assert_eq!(sent[1].capacity_type, Spot);
+    }
+
+    #[tokio::test]
+    async fn spot_limit_is_reported_without_fallback() {
+        let cloud = Scripted(
+            Mutex::new(vec![FleetResult {
+                instances: vec![],
+                errors: vec![LaunchError {
+                    code: "MaxSpotInstanceCountExceeded".into(),
+                    ..ice(None, None)
+                }],
+            }]),
+            Mutex::new(Vec::new()),
+        );
+        let (r, report) = launch(
+            &cloud,
+            "c1",
+            &Requirements::new(),
+            &types(),
+            &cache(),
+            &BTreeMap::new(),
+            &LaunchOptions::default(),
+        )
+        .await;
+        assert!(matches!(r, Err(Error::SpotLimit { .. })));
+        assert_eq!(report.requests, 1);
+    }
+
+    #[tokio::test]
+    async fn all_pools_exhausted_ends_with_insufficient_capacity() {
+        let cloud = Scripted(
+            Mutex::new(
+                (0..10)
+                    .map(|_| FleetResult {
+                        instances: vec![],
+                        errors: vec![ice(None, None)],
+                    })
+                    .collect(),
+            ),
+            Mutex::new(Vec::new()),
+        );
+        let (r, report) = launch(
+            &cloud,
+            "c1",
+            &Requirements::new(),
+            &types(),
+            &cache(),
+            &BTreeMap::new(),
+            &LaunchOptions::default(),
+        )
+        .await;
+        assert!(
+            matches!(r, Err(Error::InsufficientCapacity { tried: 2, .. })),
+            "{r:?}"
+        );
+        assert_eq!(report.requests, 2, "spot, then on-demand, then nothing is left");
+    }
 }
