@@ -304,14 +304,14 @@ pub struct InterruptionPlan {
 #[derive(Debug, Clone)]
 struct Pool {
     params: PoolParams,
-    /// Mean of the log price.
-    mu: f64,
-    /// OU transition per grid step: `x' = mu + (x − mu)·decay + noise·Z`.
+    /// OU transition per grid step of the log price's deviation from the log mean:
+    /// `d' = d·decay + noise·Z`.
     decay: f64,
     noise: f64,
-    /// The grid step `log_price` belongs to.
+    /// The grid step `deviation` belongs to.
     step: u64,
-    log_price: f64,
+    /// `ln(price) − ln(mean)`: the price is `mean × e^deviation`, exactly the mean at 0.
+    deviation: f64,
     rng: SimRng,
     /// Spare capacity (fractional while regenerating).
     available: f64,
@@ -504,7 +504,7 @@ impl Market {
     pub fn spot_price(&mut self, key: &PoolKey) -> Result<f64, Error> {
         let cap = self.config.max_on_demand_fraction;
         let pool = self.pool(key)?;
-        Ok(rng::exp(pool.log_price).min(pool.params.on_demand * cap))
+        Ok((pool.params.mean_spot * rng::exp(pool.deviation)).min(pool.params.on_demand * cap))
     }
 
     /// The on-demand price of a pool, USD per hour.
@@ -591,7 +591,6 @@ impl Market {
         } else {
             sigma * dt_hours.sqrt()
         };
-        let mu = rng::ln(params.mean_spot);
         let mut rng = SimRng::stream(c.seed, &format!("price/{key}"));
         // Start in the stationary distribution (a random walk without reversion starts at
         // its mean).
@@ -604,11 +603,10 @@ impl Market {
         let available = f64::from(params.capacity);
         Pool {
             params,
-            mu,
             decay,
             noise,
             step: 0,
-            log_price: mu + stationary * z,
+            deviation: stationary * z,
             rng,
             available,
             available_at: self.now,
@@ -632,7 +630,7 @@ impl Market {
         })?;
         while pool.step < target {
             let z = pool.rng.normal();
-            pool.log_price = pool.mu + (pool.log_price - pool.mu) * pool.decay + pool.noise * z;
+            pool.deviation = pool.deviation * pool.decay + pool.noise * z;
             pool.step += 1;
         }
         let capacity = f64::from(pool.params.capacity);
@@ -742,7 +740,7 @@ mod tests {
         let p = key("m5.large", "us-east-1a");
         let mean = flat.params(&p).unwrap().mean_spot;
         flat.advance(Duration::from_secs(86_400 * 3));
-        assert!((flat.spot_price(&p).unwrap() / mean - 1.0).abs() < 1e-12);
+        assert_eq!(flat.spot_price(&p).unwrap(), mean);
         // The mean comes from the advisor data: on-demand × (1 − savings) × zone factor.
         let prices = OfflinePrices::embedded();
         assert_eq!(mean, prices.spot("us-east-1a", "m5.large").unwrap());

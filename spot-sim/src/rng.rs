@@ -13,8 +13,8 @@
 
 /// ln 2 split as in fdlibm: `LN2_HI` has 32 trailing zero bits, so `k × LN2_HI` is exact
 /// for every exponent `k`, and `LN2_HI + LN2_LO` is ln 2 to about 2^-85.
-const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 
 /// splitmix64's output function.
 pub fn splitmix64(mut z: u64) -> u64 {
