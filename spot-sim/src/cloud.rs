@@ -736,7 +736,7 @@ impl SimCloud {
             }
             st.schedule.pop_first();
             st.market.advance_to(at);
-            if !st.records.get(&id).is_some_and(|r| r.ended_at.is_none()) {
+            if st.records.get(&id).is_none_or(|r| r.ended_at.is_some()) {
                 continue;
             }
             let when = st.market.time_at(at);
@@ -1178,3 +1178,6 @@ impl PriceSource for SimCloud {
         lock(&self.state).market.region_band(region, instance_type)
     }
 }
+
+#[cfg(test)]
+mod tests;
