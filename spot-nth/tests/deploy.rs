@@ -196,28 +196,14 @@ async fn bases_apply_with_server_dry_run_against_spot_kube_sim() {
         .await
         .expect("start spot-kube-sim");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    running.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = spot_k8s::sim::Kubectl::new(&running, dir.path()).unwrap();
     for base in ["imds", "queue"] {
-        let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
-            .args(["apply", "--dry-run=server", "-k"])
-            .arg(repo().join("deploy").join(base))
-            .env("HOME", dir.path())
-            .env_remove("KUBECONFIG");
-        let out = tokio::task::spawn_blocking(move || cmd.output())
+        let path = repo().join("deploy").join(base);
+        let path = path.to_str().unwrap();
+        let stdout = kubectl
+            .run_ok(&["apply", "--dry-run=server", "-k", path])
             .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("kubectl is required for this test and must be on PATH: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "apply {base}: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap_or_else(|e| panic!("apply {base} (kubectl is required for this test): {e}"));
         let applied = stdout
             .lines()
             .filter(|l| l.ends_with("created (server dry run)"))

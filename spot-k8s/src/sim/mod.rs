@@ -18,6 +18,7 @@
 mod api;
 mod controllers;
 pub mod eviction;
+pub mod kubectl;
 pub mod patch;
 pub mod selector;
 pub mod store;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub use kubectl::{Kubectl, require_kubectl};
 use store::{ApiError, ResourceType, Store, WriteMode, name_of, namespace_of, uid_of};
 
 /// Errors of the simulator's Rust API.
@@ -64,6 +66,14 @@ pub enum Error {
     /// The store refused the object.
     #[error("the simulated API refused the object: {0}")]
     Api(#[from] ApiError),
+    /// `kubectl` could not run or failed.
+    #[error("kubectl {args}: {message}")]
+    Kubectl {
+        /// The arguments.
+        args: String,
+        /// What went wrong (exit status and output).
+        message: String,
+    },
 }
 
 /// Simulator settings.

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use kube::Client;
 use serde_json::{Value, json};
-use spot_k8s::sim::{RunningSim, Sim, SimConfig};
+use spot_k8s::sim::{Kubectl, RunningSim, Sim, SimConfig};
 use tempfile::TempDir;
 
 /// A running simulator with a kubeconfig in a temporary directory.
@@ -17,6 +17,8 @@ pub struct TestSim {
     pub dir: TempDir,
     /// The kubeconfig file.
     pub kubeconfig: PathBuf,
+    /// kubectl for this simulator.
+    pub kubectl: Kubectl,
 }
 
 impl TestSim {
@@ -27,12 +29,12 @@ impl TestSim {
             .await
             .expect("start the simulator");
         let dir = tempfile::tempdir().expect("tempdir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        running.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
+        let kubectl = Kubectl::new(&running, dir.path()).expect("write kubeconfig");
         TestSim {
             running,
+            kubeconfig: kubectl.kubeconfig().to_path_buf(),
             dir,
-            kubeconfig,
+            kubectl,
         }
     }
 
@@ -60,23 +62,13 @@ impl TestSim {
     /// The kubectl command line for this simulator (own cache dir and HOME).
     pub fn kubectl_command(&self, args: &[&str]) -> Command {
         require_kubectl();
-        let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .args(args)
-            .env("HOME", self.dir.path())
-            .env_remove("KUBECONFIG");
-        cmd
+        self.kubectl.command(args)
     }
 
     /// Runs kubectl to completion off the async runtime.
     pub async fn kubectl(&self, args: &[&str]) -> Output {
-        let mut cmd = self.kubectl_command(args);
-        tokio::task::spawn_blocking(move || cmd.output().expect("run kubectl"))
-            .await
-            .expect("join")
+        require_kubectl();
+        self.kubectl.run(args).await.expect("run kubectl")
     }
 
     /// Runs kubectl and fails the test unless it succeeds; returns stdout.
@@ -95,11 +87,9 @@ impl TestSim {
 
 /// Fails (never skips) when kubectl is not installed.
 pub fn require_kubectl() {
-    let found = Command::new("kubectl").args(["version", "--client"]).output();
-    assert!(
-        found.as_ref().is_ok_and(|o| o.status.success()),
-        "these tests need `kubectl` on PATH (v1.32 is what CI provides): {found:?}"
-    );
+    if let Err(e) = spot_k8s::sim::require_kubectl() {
+        panic!("these tests need `kubectl` on PATH: {e}");
+    }
 }
 
 /// A Ready node.
