@@ -630,9 +630,11 @@ mod tests {
         )
         .await;
         assert!(
-            matches!(r, Err(Error::InsufficientCapacity { tried: 2, .. })),
+            matches!(r, Err(Error::InsufficientCapacity { tried: 3, .. })),
             "{r:?}"
         );
-        assert_eq!(report.requests, 2, "spot, then on-demand, then nothing is left");
+        // Spot, then on-demand, then the spot pool that was dearer than on-demand (no
+        // on-demand pool is left to compare it with), then nothing.
+        assert_eq!(report.requests, 3);
     }
 }
