@@ -76,7 +76,7 @@
 //! Cost is billed per second from launch to termination (or reclaim) at the price fixed at
 //! launch: [`SimCloud::running_cost_per_hour`], [`SimCloud::accumulated_cost`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -300,7 +300,10 @@ impl NodeTemplate {
 
 /// Told about every launch and termination of a [`SimCloud`] (node registration, recorders).
 ///
-/// Calls come in the order the cloud saw the events, never concurrently for one cloud.
+/// Calls come in the order the cloud saw the events, never concurrently for one cloud. They
+/// run under the cloud's notification lock: an observer must not call the cloud's async
+/// methods (launch, terminate, describe, advance, ...), which would wait for that lock; spawn
+/// a task for such work.
 #[async_trait]
 pub trait InstanceObserver: Send + Sync {
     /// An instance was launched. `labels` are the request's node labels (see
@@ -409,7 +412,8 @@ enum Notice {
 struct State {
     market: Market,
     manual: Duration,
-    records: HashMap<String, Record>,
+    /// By id: ordered, so sums over instances are the same on every run.
+    records: BTreeMap<String, Record>,
     schedule: BTreeSet<(Duration, u64, Due, String)>,
     outbox: Vec<InterruptionEvent>,
     notices: Vec<Notice>,
@@ -518,7 +522,7 @@ impl SimCloud {
             state: Mutex::new(State {
                 market,
                 manual: Duration::ZERO,
-                records: HashMap::new(),
+                records: BTreeMap::new(),
                 schedule: BTreeSet::new(),
                 outbox: Vec::new(),
                 notices: Vec::new(),

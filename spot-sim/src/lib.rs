@@ -24,3 +24,8 @@ pub use cloud::{InstanceObserver, NodeTemplate, SimCloud, SimCloudConfig};
 pub use market::{Market, MarketConfig, PoolKey, PoolParams};
 #[cfg(feature = "kube")]
 pub use register::KubeRegistrar;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
