@@ -4,6 +4,7 @@
 
 mod bench;
 mod catalog;
+mod crds;
 mod moto;
 mod prices;
 mod test;
@@ -36,6 +37,9 @@ enum Task {
     /// Release-mode benchmarks: target/bench/report.json and a Markdown table (never part of
     /// `test`).
     Bench(bench::BenchArgs),
+    /// Write the provisioner's CRDs (generated from spot-provisioner's API types) to
+    /// deploy/provisioner/crds/.
+    Crds(crds::CrdsArgs),
 }
 
 fn main() -> Result<()> {
@@ -47,6 +51,7 @@ fn main() -> Result<()> {
         Task::FitPrices(args) => prices::run_fit(&args),
         Task::SpotAdvisor(args) => prices::run_spot(&args),
         Task::Bench(args) => bench::run(&root, &args),
+        Task::Crds(args) => crds::run(&root, &args),
     }
 }
 

@@ -300,6 +300,8 @@ pub struct ResourceRequirements {
 }
 
 /// A node the provisioner launches: what it must satisfy, and what became of it.
+// kube's printcolumn(...) repeats `type_ = "string"`, which clippy takes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "karpenter.sh",

@@ -33,6 +33,8 @@ field_deserializers! {
 }
 
 /// What nodes the provisioner may launch, and how it may disrupt them.
+// kube's printcolumn(...) repeats `type_ = "string"`, which clippy takes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "karpenter.sh",
