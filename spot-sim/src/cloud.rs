@@ -73,6 +73,12 @@
 //! SQS parser produces ([`EventOrigin::Queue`]: an EventBridge-style id as identity,
 //! observed at the notice time) or the IMDS ones ([`EventOrigin::Imds`]).
 //!
+//! Observers hear about launches and terminations from the async calls (launch, terminate,
+//! describe, [`SimCloud::advance`], [`SimCloud::tick`], [`SimCloud::interruptions`]); a
+//! reclaim noticed by a synchronous accessor (costs, [`SimCloud::instances`]) reaches them at
+//! the next async call. Nothing runs in the background: a driver calls [`SimCloud::tick`]
+//! (or [`SimCloud::interruptions`]) periodically, or jumps to [`SimCloud::next_due`].
+//!
 //! Cost is billed per second from launch to termination (or reclaim) at the price fixed at
 //! launch: [`SimCloud::running_cost_per_hour`], [`SimCloud::accumulated_cost`].
 
