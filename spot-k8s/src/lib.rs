@@ -5,6 +5,9 @@
 //!   drains through the policy/v1 Eviction API), with a shared client-side
 //!   [`ratelimit::RateLimiter`] and Kubernetes Events.
 //! - [`nodes`]: finding a node by instance id through `spec.providerID`.
+//! - [`convert`]: k8s-openapi pods and nodes to the scheduling view of `spot-core`
+//!   ([`spot_core::pod::PodSpec`], [`spot_core::scheduling::ExistingNode`]), and which pending
+//!   pods are provisionable.
 //! - [`lease`]: leader election on a coordination.k8s.io Lease ([`lease::LeaseElector`]).
 //! - [`sim`] (feature `sim`): `spot-kube-sim`, an in-process Kubernetes API simulator that
 //!   kube-rs and `kubectl` talk to over HTTP.
@@ -14,6 +17,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod actions;
+pub mod convert;
 pub mod lease;
 pub mod nodes;
 pub mod ratelimit;
