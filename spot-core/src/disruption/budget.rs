@@ -180,6 +180,19 @@ pub struct Budgets {
     budgets: Vec<Compiled>,
 }
 
+impl Default for Budgets {
+    /// Karpenter's default, `[{nodes: "10%"}]`.
+    fn default() -> Budgets {
+        Budgets {
+            budgets: vec![Compiled {
+                nodes: Nodes::Percent(10),
+                reasons: None,
+                window: None,
+            }],
+        }
+    }
+}
+
 impl Budgets {
     /// Validates the budgets; errors name the field and value
     /// (`budgets[1].nodes: "110%" is not a percentage between 0 and 100`).
@@ -328,6 +341,7 @@ mod tests {
     #[test]
     fn default_is_ten_percent() {
         assert_eq!(default_budgets(), vec![Budget::nodes("10%")]);
+        assert_eq!(Budgets::default(), Budgets::new(&default_budgets()).unwrap());
         assert_eq!(
             allowed(&default_budgets(), Reason::Underutilized, 25, 0, NOW).unwrap(),
             3

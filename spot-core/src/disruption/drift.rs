@@ -243,7 +243,8 @@ mod tests {
         reordered.taints.reverse();
         reordered.taints.push(reordered.taints[0].clone());
         assert_eq!(template_hash(&reordered), hash, "taints are a set");
-        let changes: Vec<(&str, Box<dyn Fn(&mut TemplateFields)>)> = vec![
+        type Change = Box<dyn Fn(&mut TemplateFields)>;
+        let changes: Vec<(&str, Change)> = vec![
             (
                 "label",
                 Box::new(|t| {
