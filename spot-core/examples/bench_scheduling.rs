@@ -8,6 +8,8 @@
 //! ```text
 //! cargo run --release -p spot-core --example bench_scheduling [-- PODS...]
 //! ```
+//!
+//! With pod counts as arguments, only the benchmark shape runs, at those counts.
 
 use std::time::Duration;
 
@@ -47,16 +49,16 @@ fn report(name: &str, pods: usize, elapsed: Duration, solution: &Solution) {
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let counts = if args.is_empty() {
-        vec![1000, 5000, 20_000]
-    } else {
-        args
-    };
+    let full = args.is_empty();
+    let counts = if full { vec![1000, 5000, 20_000] } else { args };
     for &pods in &counts {
         let (templates, workload) = karpenter_benchmark(pods, 42);
         let mut scheduler = Scheduler::new(templates, Vec::new(), Vec::new(), SchedulerOptions::default());
         let (elapsed, solution) = time(|| scheduler.solve(workload.clone()));
         report("karpenter benchmark", pods, elapsed, &solution);
+    }
+    if !full {
+        return;
     }
     for policy in [PreferencePolicy::Respect, PreferencePolicy::Ignore] {
         // Karpenter's RespectPreferences / IgnorePreferences cases: 4,000 pods whose spread

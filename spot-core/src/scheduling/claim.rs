@@ -67,8 +67,10 @@ pub(crate) struct Claim {
     pub(crate) types: Vec<u16>,
     /// The pods' requests (dense, without DaemonSet overhead).
     pub(crate) requests: Vec<i64>,
-    /// Per dimension, the most any remaining type can hold.
+    /// Per dimension, at least the most any remaining type can hold.
     pub(crate) envelope: Vec<i64>,
+    /// The number of types when the envelope was computed.
+    pub(crate) envelope_len: usize,
     /// Pod indices.
     pub(crate) pods: Vec<u32>,
     /// Host ports in use.

@@ -147,6 +147,7 @@ impl Bits {
     }
 
     /// The lowest set bit.
+    #[cfg(test)]
     pub(crate) fn first(&self) -> Option<usize> {
         self.words
             .iter()
@@ -155,8 +156,26 @@ impl Bits {
             .map(|(i, w)| i * 64 + w.trailing_zeros() as usize)
     }
 
+    /// Whether exactly one bit is set.
+    pub(crate) fn count_is_one(&self) -> bool {
+        let mut seen = false;
+        for w in &self.words {
+            match w.count_ones() {
+                0 => {}
+                1 if !seen => seen = true,
+                _ => return false,
+            }
+        }
+        seen
+    }
+
+    /// Whether every bit of `self` is set in `other`.
+    pub(crate) fn is_subset_of(&self, other: &Bits) -> bool {
+        self.words.iter().zip(&other.words).all(|(a, b)| a & !b == 0)
+            && self.words.iter().skip(other.words.len()).all(|w| *w == 0)
+    }
+
     /// Whether the two sets share a bit.
-    #[cfg(test)]
     pub(crate) fn intersects(&self, other: &Bits) -> bool {
         self.words.iter().zip(&other.words).any(|(a, b)| a & b != 0)
     }

@@ -138,6 +138,8 @@ enum Failure {
     Limits,
     /// The NodePool has no launchable instance type.
     NoTypes,
+    /// A claim of this solve rejected the pod in a quick check (never reported).
+    Skipped,
 }
 
 /// Why a pod fits no NodePool: per NodePool (`None`: about the pod itself).
@@ -150,7 +152,9 @@ type Bins = Vec<(usize, Vec<usize>)>;
 #[derive(Debug)]
 struct Fit {
     reqs: ReqId,
-    types: Vec<u16>,
+    /// The types that still fit; `None`: the claim's list is kept as it is (a superset:
+    /// types that no longer fit are dropped lazily, see [`Solve::try_claim`]).
+    types: Option<Vec<u16>>,
     requests: Vec<i64>,
     relaxed: bool,
 }
@@ -194,6 +198,8 @@ struct Attempt {
     ports: Vec<HostPort>,
     topo: TopoAttempt,
     hopeless: Option<u32>,
+    /// Per template: its taints tolerated, or the index of the first that is not.
+    tpl_taints: Vec<Result<(), u32>>,
 }
 
 /// An existing node's state during a solve.
@@ -224,10 +230,22 @@ struct Solve<'s> {
     tpl_avail_env: Vec<Vec<i64>>,
     tpl_domains: Vec<Vec<Option<u32>>>,
     type_ok: FxMap<(ReqId, u32), Rc<Bits>>,
+    prices: FxMap<(ReqId, u32), Rc<[f64]>>,
+    taint_table: Vec<u32>,
+    taint_stride: usize,
     eligible: FxMap<(u32, bool, ReqId, u32), u32>,
     nodes: Vec<NodeState>,
     node_domains: Vec<Vec<Option<u32>>>,
     claims: Vec<Claim>,
+    /// Per claim (width of the dims, contiguous for the claim loop): envelope − requests,
+    /// an upper bound of what it can still take.
+    slack: Vec<i64>,
+    /// Per claim: its requirements (a copy of `Claim::reqs`, contiguous for the claim loop).
+    claim_reqs: Vec<ReqId>,
+    /// Per claim (width of the dims): what its cheapest type can still take; valid when
+    /// `room_valid`.
+    room: Vec<i64>,
+    room_valid: Vec<bool>,
     order: Vec<u32>,
     zero: Vec<i64>,
     placed: Vec<bool>,
@@ -239,6 +257,10 @@ struct Solve<'s> {
     ticks: u32,
     timed_out: bool,
 }
+
+/// How many types that no longer fit a claim may be passed over before its list is
+/// rebuilt.
+const LAZY_PASSES: usize = 16;
 
 /// The ordering key of the queue: CPU desc, memory desc, creation, UID.
 fn queue_order(a: &PodSpec, b: &PodSpec) -> std::cmp::Ordering {
@@ -291,10 +313,17 @@ impl<'s> Solve<'s> {
             tpl_avail_env: Vec::new(),
             tpl_domains: Vec::new(),
             type_ok: FxMap::default(),
+            prices: FxMap::default(),
+            taint_table: Vec::new(),
+            taint_stride: 0,
             eligible: FxMap::default(),
             nodes: Vec::new(),
             node_domains: Vec::new(),
             claims: Vec::new(),
+            slack: Vec::new(),
+            claim_reqs: Vec::new(),
+            room: Vec::new(),
+            room_valid: Vec::new(),
             order: Vec::new(),
             zero: vec![0; width],
             placed: vec![false; pods.len()],
@@ -482,6 +511,12 @@ impl<'s> Solve<'s> {
                 free,
                 blocked,
             });
+        }
+        // A dense taint cache when small enough.
+        self.taint_stride = self.tol_sets.len() * 2;
+        let slots = self.taint_sets.len() * self.taint_stride;
+        if slots <= 1 << 22 {
+            self.taint_table = vec![0; slots];
         }
         // Inverse anti-affinity of bound pods.
         let mut bound_inverse: Vec<(u32, u32)> = Vec::new();
@@ -706,8 +741,17 @@ impl<'s> Solve<'s> {
         self.timed_out
     }
 
+    /// Whether the tolerations (plus PreferNoSchedule with `pns`) tolerate a taint set;
+    /// `Err` is the index of the first taint that is not tolerated.
     fn taints_ok(&mut self, set: u32, tol: u32, pns: bool) -> Result<(), u32> {
-        if let Some(r) = self.taint_cache.get(&(set, tol, pns)) {
+        let slot = set as usize * self.taint_stride + tol as usize * 2 + usize::from(pns);
+        if let Some(&cached) = self.taint_table.get(slot) {
+            match cached {
+                0 => {}
+                1 => return Ok(()),
+                k => return Err(k - 2),
+            }
+        } else if let Some(r) = self.taint_cache.get(&(set, tol, pns)) {
             return *r;
         }
         let tolerations = &self.tol_sets[tol as usize];
@@ -718,7 +762,17 @@ impl<'s> Solve<'s> {
             Some(i) => Err(i as u32),
             None => Ok(()),
         };
-        self.taint_cache.insert((set, tol, pns), result);
+        match self.taint_table.get_mut(slot) {
+            Some(entry) => {
+                *entry = match result {
+                    Ok(()) => 1,
+                    Err(i) => i + 2,
+                }
+            }
+            None => {
+                self.taint_cache.insert((set, tol, pns), result);
+            }
+        }
         result
     }
 
@@ -810,6 +864,9 @@ impl<'s> Solve<'s> {
             self_select: Vec::with_capacity(groups.len()),
             pod_domains: Vec::with_capacity(groups.len()),
             spread_min: Vec::with_capacity(groups.len()),
+            hostname: Vec::new(),
+            allowed: Vec::with_capacity(groups.len()),
+            bootstrap: Vec::with_capacity(groups.len()),
         };
         for g in groups {
             let (kind, key) = {
@@ -830,14 +887,27 @@ impl<'s> Solve<'s> {
                     (domains, min)
                 }
             };
+            let selfsel = selected.binary_search(&g).is_ok();
+            let (allowed, bootstrap) = match key {
+                None => {
+                    topo.hostname.push(topo.groups.len());
+                    (Bits::default(), false)
+                }
+                Some(_) => self.topo.allowed(g, selfsel, self.topo.set(domains), min),
+            };
             topo.groups.push(g);
-            topo.self_select.push(selected.binary_search(&g).is_ok());
+            topo.self_select.push(selfsel);
             topo.pod_domains.push(domains);
             topo.spread_min.push(min);
+            topo.allowed.push(allowed);
+            topo.bootstrap.push(bootstrap);
         }
         let hopeless = (0..topo.groups.len())
             .find(|&i| self.topo.affinity_hopeless(&topo, i))
             .map(|i| topo.groups[i]);
+        let tpl_taints = (0..self.s.templates.len())
+            .map(|t| self.taints_ok(self.tpl_taints[t], tol, pns))
+            .collect();
         Attempt {
             pod: p,
             req,
@@ -848,6 +918,7 @@ impl<'s> Solve<'s> {
             ports,
             topo,
             hopeless,
+            tpl_taints,
         }
     }
 
@@ -855,6 +926,9 @@ impl<'s> Solve<'s> {
     fn try_existing(&mut self, att: &Attempt, e: usize) -> Option<ReqId> {
         let state = &self.nodes[e];
         if !fits(&att.req, &state.remaining) {
+            return None;
+        }
+        if !self.topo.hostname_ok(&att.topo, e) {
             return None;
         }
         let (taints, flexible, reqs) = (state.taints, state.flexible, state.reqs);
@@ -889,33 +963,84 @@ impl<'s> Solve<'s> {
         }
     }
 
-    /// The cheapest type of a claim under its requirements (ties by name).
+    /// Per type of template `t`, the price of its cheapest offering `reqs` allow.
+    fn prices(&mut self, reqs: ReqId, t: usize) -> Rc<[f64]> {
+        if let Some(prices) = self.prices.get(&(reqs, t as u32)) {
+            return prices.clone();
+        }
+        let prices: Rc<[f64]> = self.s.templates[t].prices(self.table.get(reqs)).into();
+        self.prices.insert((reqs, t as u32), prices.clone());
+        prices
+    }
+
+    /// The cheapest type of a claim under its requirements (ties by name); also sets the
+    /// claim's room (what that type can still take).
     fn claim_cheapest(&mut self, c: usize) -> Option<u16> {
         if let Some(cached) = self.claims[c].cheapest {
             return cached;
         }
-        let claim = &self.claims[c];
-        let tpl = &self.s.templates[claim.tpl];
-        let reqs = self.table.get(claim.reqs);
-        let mut best: Option<(f64, &str, u16)> = None;
-        for &t in &claim.types {
-            let option = &tpl.types[t as usize];
-            if let Some(price) = option.cheapest_price(reqs) {
-                let better = match best {
-                    None => true,
-                    Some((bp, bn, _)) => price < bp || (price == bp && option.name() < bn),
-                };
-                if better {
-                    best = Some((price, option.name(), t));
+        let width = self.width;
+        let (reqs, t) = (self.claims[c].reqs, self.claims[c].tpl);
+        let prices = self.prices(reqs, t);
+        let tpl = &self.s.templates[t];
+        let rank = &tpl.rank;
+        let claim = &mut self.claims[c];
+        let found = claim
+            .types
+            .iter()
+            .copied()
+            .filter(|&i| {
+                prices[i as usize].is_finite() && fits(&claim.requests, tpl.cap_of(i as usize, width))
+            })
+            .min_by(|&a, &b| {
+                prices[a as usize]
+                    .total_cmp(&prices[b as usize])
+                    .then(rank[a as usize].cmp(&rank[b as usize]))
+            });
+        claim.cheapest = Some(found);
+        let room = &mut self.room[c * width..(c + 1) * width];
+        match found {
+            Some(i) => {
+                for ((r, cap), used) in room
+                    .iter_mut()
+                    .zip(tpl.cap_of(i as usize, width))
+                    .zip(&claim.requests)
+                {
+                    *r = cap.saturating_sub(*used);
                 }
             }
+            None => room.fill(-1),
         }
-        let found = best.map(|(_, _, t)| t);
-        self.claims[c].cheapest = Some(found);
+        self.room_valid[c] = true;
         found
     }
 
-    /// Tries a claim of this solve (`Some(c)`) or a new claim from template `t`. With
+    /// Whether a pod passes the cheap checks of claim `c`: resources within its slack (or
+    /// its cheapest type's room with `headroom`) and the topology groups' quick test.
+    #[inline]
+    fn claim_quick_ok(&mut self, att: &Attempt, c: usize, headroom: bool) -> bool {
+        let width = self.width;
+        if headroom {
+            if !self.room_valid[c] {
+                self.claim_cheapest(c);
+            }
+            if !fits(&att.req, &self.room[c * width..(c + 1) * width]) {
+                return false;
+            }
+        } else if !fits(&att.req, &self.slack[c * width..(c + 1) * width]) {
+            return false;
+        }
+        att.topo.groups.is_empty()
+            || self.topo.quick_ok(
+                &self.table,
+                &att.topo,
+                self.s.existing.len() + c,
+                self.claim_reqs[c],
+            )
+    }
+
+    /// Tries a claim of this solve (`Some(c)`; `t` is then ignored) or a new claim from
+    /// template `t`. With
     /// `headroom`, the pod must fit the claim's current cheapest type without narrowing its
     /// requirements (so adding it costs nothing).
     fn try_claim(
@@ -926,11 +1051,17 @@ impl<'s> Solve<'s> {
         headroom: bool,
     ) -> Result<Fit, Failure> {
         let width = self.width;
-        let (claim_reqs, node) = match c {
-            Some(c) => (self.claims[c].reqs, self.s.existing.len() + c),
-            None => (self.tpl_reqs[t], self.s.existing.len() + self.claims.len()),
+        let node = self.s.existing.len() + c.unwrap_or(self.claims.len());
+        if let Some(c) = c
+            && !self.claim_quick_ok(att, c, headroom)
+        {
+            return Err(Failure::Skipped);
+        }
+        let (claim_reqs, t) = match c {
+            Some(c) => (self.claims[c].reqs, self.claims[c].tpl),
+            None => (self.tpl_reqs[t], t),
         };
-        if let Err(i) = self.taints_ok(self.tpl_taints[t], att.tol, att.pns) {
+        if let Err(i) = att.tpl_taints[t] {
             return Err(Failure::Taint(self.tpl_taints[t], i));
         }
         if !att.ports.is_empty()
@@ -976,25 +1107,13 @@ impl<'s> Solve<'s> {
             }
         }
         let mask = self.type_ok(reqs, t);
-        if headroom && let Some(c) = c {
-            let Some(cheapest) = self.claim_cheapest(c) else {
-                return Err(Failure::Types {
-                    reqs,
-                    requests: att.req.clone(),
-                });
-            };
-            if !mask.get(cheapest as usize)
-                || !sum_fits(
-                    &self.claims[c].requests,
-                    &att.req,
-                    tpl.cap_of(cheapest as usize, width),
-                )
-            {
-                return Err(Failure::Types {
-                    reqs,
-                    requests: att.req.clone(),
-                });
-            }
+        if headroom
+            && let Some(c) = c
+            && !self
+                .claim_cheapest(c)
+                .is_some_and(|cheapest| mask.get(cheapest as usize))
+        {
+            return Err(Failure::Skipped);
         }
         let (types, requests) = match c {
             Some(c) => (&self.claims[c].types, &self.claims[c].requests),
@@ -1002,6 +1121,25 @@ impl<'s> Solve<'s> {
         };
         let mut total = requests.clone();
         add_into(&mut total, &att.req);
+        // A claim's list may keep types that no longer fit (they are dropped here once
+        // enough of them are passed over, and at the end): when the requirements did not
+        // change, one fitting type is enough.
+        if c.is_some() && reqs == claim_reqs && att.ports.is_empty() && !self.table.has_min_values(reqs) {
+            let mut passed = 0;
+            let found = types.iter().any(|&i| {
+                let ok = mask.get(i as usize) && fits(&total, tpl.cap_of(i as usize, width));
+                passed += usize::from(!ok);
+                ok
+            });
+            if found && passed <= LAZY_PASSES {
+                return Ok(Fit {
+                    reqs,
+                    types: None,
+                    requests: total,
+                    relaxed: false,
+                });
+            }
+        }
         let check_ports = !att.ports.is_empty() && tpl.any_daemon_ports;
         let mut port_clash = None;
         let filtered: Vec<u16> = types
@@ -1031,7 +1169,7 @@ impl<'s> Solve<'s> {
         let relaxed = self.check_min_values(t, reqs, &filtered)?;
         Ok(Fit {
             reqs,
-            types: filtered,
+            types: Some(filtered),
             requests: total,
             relaxed,
         })
@@ -1121,14 +1259,26 @@ impl<'s> Solve<'s> {
         let old_len = self.claims[c].pods.len();
         let claim = &mut self.claims[c];
         let tpl = &self.s.templates[claim.tpl];
-        claim.envelope = tpl.envelope(&fit.types, width);
+        if let Some(types) = fit.types {
+            // The envelope only speeds up rejections: an old one is still an upper bound, so
+            // it is recomputed only once the list has shrunk by a quarter.
+            if types.len() * 4 < claim.envelope_len * 3 {
+                claim.envelope = tpl.envelope(&types, width);
+                claim.envelope_len = types.len();
+            }
+            claim.types = types;
+        }
         claim.reqs = fit.reqs;
-        claim.types = fit.types;
         claim.requests = fit.requests;
         claim.pods.push(p);
         claim.ports.extend(att.ports.iter().cloned());
         claim.min_values_relaxed |= fit.relaxed;
         claim.cheapest = None;
+        self.room_valid[c] = false;
+        self.claim_reqs[c] = fit.reqs;
+        for d in 0..width {
+            self.slack[c * width + d] = claim.envelope[d].saturating_sub(claim.requests[d]);
+        }
         self.reorder(c, old_len);
         let node = (self.s.existing.len() + c) as u32;
         let (selected, owned) = (
@@ -1150,19 +1300,32 @@ impl<'s> Solve<'s> {
     fn create_claim(&mut self, t: usize, pods: &[u32], fit: Fit, ports: Vec<HostPort>) {
         let c = self.claims.len();
         let tpl = &self.s.templates[t];
-        let envelope = tpl.envelope(&fit.types, self.width);
+        // New claims always come with their filtered list.
+        let types = fit.types.unwrap_or_default();
+        let envelope = tpl.envelope(&types, self.width);
         if !tpl.limit_dims.is_empty() {
             let mut remaining = std::mem::take(&mut self.tpl_limits[t]);
-            tpl.subtract_max(&fit.types, &mut remaining);
+            tpl.subtract_max(&types, &mut remaining);
             self.tpl_limits[t] = remaining;
             self.refresh_avail(t);
         }
+        let envelope_len = types.len();
+        self.slack.extend(
+            envelope
+                .iter()
+                .zip(&fit.requests)
+                .map(|(e, r)| e.saturating_sub(*r)),
+        );
+        self.claim_reqs.push(fit.reqs);
+        self.room.extend(std::iter::repeat_n(-1, self.width));
+        self.room_valid.push(false);
         self.claims.push(Claim {
             tpl: t,
             reqs: fit.reqs,
-            types: fit.types,
+            types,
             requests: fit.requests,
             envelope,
+            envelope_len,
             pods: pods.to_vec(),
             ports,
             min_values_relaxed: fit.relaxed,
@@ -1204,10 +1367,17 @@ impl<'s> Solve<'s> {
                 return Ok(());
             }
         }
-        for i in 0..self.order.len() {
-            let c = self.order[i] as usize;
-            let t = self.claims[c].tpl;
-            if let Ok(fit) = self.try_claim(att, Some(c), t, false) {
+        let candidates = self.anti_candidates(att);
+        let n = candidates.as_ref().map_or(self.order.len(), Vec::len);
+        for i in 0..n {
+            let c = match &candidates {
+                Some(list) => list[i],
+                None => self.order[i],
+            } as usize;
+            if !self.claim_quick_ok(att, c, false) {
+                continue;
+            }
+            if let Ok(fit) = self.try_claim(att, Some(c), usize::MAX, false) {
                 self.commit_claim(att, c, fit);
                 return Ok(());
             }
@@ -1223,6 +1393,28 @@ impl<'s> Solve<'s> {
             }
         }
         Err(failures)
+    }
+
+    /// When a hostname anti-affinity group of the attempt already holds pods on most nodes,
+    /// the claims it leaves free, in fewest-pods-first order: the same claims the full
+    /// order would reach, without visiting the others.
+    fn anti_candidates(&self, att: &Attempt) -> Option<Vec<u32>> {
+        let existing = self.s.existing.len();
+        if self.claims.len() < 64 {
+            return None;
+        }
+        let total = existing + self.claims.len();
+        let group = att
+            .topo
+            .hostname
+            .iter()
+            .map(|&i| &self.topo.groups[att.topo.groups[i] as usize])
+            .find(|g| g.kind == Kind::AntiAffinity && g.nonzero as usize * 2 > total)?;
+        let mut list: Vec<u32> = (0..self.claims.len() as u32)
+            .filter(|&c| group.count(existing + c as usize) == 0)
+            .collect();
+        list.sort_by_key(|&c| (self.claims[c as usize].pods.len(), c));
+        Some(list)
     }
 
     /// Tries a new claim from template `t`.
@@ -1288,7 +1480,7 @@ impl<'s> Solve<'s> {
         if self.tpl_avail[t].is_empty() {
             return Err(Failure::Limits);
         }
-        if let Err(i) = self.taints_ok(self.tpl_taints[t], att.tol, att.pns) {
+        if let Err(i) = att.tpl_taints[t] {
             return Err(Failure::Taint(self.tpl_taints[t], i));
         }
         let reqs = self
@@ -1318,6 +1510,9 @@ impl<'s> Solve<'s> {
         let mut failed = Vec::new();
         let mut groups: Vec<((usize, ReqId), Vec<u32>)> = Vec::new();
         let mut group_index: FxMap<(usize, ReqId), usize> = FxMap::default();
+        // Requests no claim had room for: claims only lose room during this loop, so a pod
+        // asking at least as much in every dimension need not look.
+        let mut no_room: Vec<Vec<i64>> = Vec::new();
         'pods: for p in pods {
             if self.out_of_time() {
                 failed.push(p);
@@ -1339,12 +1534,28 @@ impl<'s> Solve<'s> {
                         continue 'pods;
                     }
                 }
-                for i in 0..self.order.len() {
-                    let c = self.order[i] as usize;
-                    let t = self.claims[c].tpl;
-                    if let Ok(fit) = self.try_claim(&att, Some(c), t, true) {
-                        self.commit_claim(&att, c, fit);
-                        continue 'pods;
+                if !no_room.iter().any(|r| fits(r, &att.req)) {
+                    let width = self.width;
+                    let mut any_room = false;
+                    for i in 0..self.order.len() {
+                        let c = self.order[i] as usize;
+                        if !self.room_valid[c] {
+                            self.claim_cheapest(c);
+                        }
+                        if !fits(&att.req, &self.room[c * width..(c + 1) * width]) {
+                            continue;
+                        }
+                        any_room = true;
+                        if !self.claim_quick_ok(&att, c, true) {
+                            continue;
+                        }
+                        if let Ok(fit) = self.try_claim(&att, Some(c), usize::MAX, true) {
+                            self.commit_claim(&att, c, fit);
+                            continue 'pods;
+                        }
+                    }
+                    if !any_room {
+                        no_room.push(att.req.clone());
                     }
                 }
                 let mut failures = Vec::new();
@@ -1386,12 +1597,15 @@ impl<'s> Solve<'s> {
             .copied()
             .filter(|&i| mask.get(i as usize))
             .collect();
-        let requirements = self.table.get(reqs);
+        let prices = self.prices(reqs, t);
         let bin_types: Vec<(Resources, f64)> = candidates
             .iter()
-            .filter_map(|&i| {
-                let price = tpl.types[i as usize].cheapest_price(requirements)?;
-                Some((self.s.dims.resources(tpl.cap_of(i as usize, width)), price))
+            .filter(|&&i| prices[i as usize].is_finite())
+            .map(|&i| {
+                (
+                    self.s.dims.resources(tpl.cap_of(i as usize, width)),
+                    prices[i as usize],
+                )
             })
             .collect();
         let items: Vec<Resources> = pods
@@ -1457,7 +1671,7 @@ impl<'s> Solve<'s> {
         };
         let fit = Fit {
             reqs,
-            types,
+            types: Some(types),
             requests: total,
             relaxed,
         };
@@ -1540,6 +1754,7 @@ impl<'s> Solve<'s> {
                 None => "all instance types exceed the nodepool's limits".to_owned(),
             },
             Failure::NoTypes => "the nodepool has no instance type it can launch".to_owned(),
+            Failure::Skipped => "does not fit".to_owned(),
             Failure::Types { reqs, requests } => match t {
                 Some(t) => self.render_types(t, *reqs, requests),
                 None => "no instance type fits".to_owned(),
@@ -1630,21 +1845,20 @@ impl<'s> Solve<'s> {
         for claim in claims {
             let tpl = &s.templates[claim.tpl];
             let reqs = self.table.get(claim.reqs).clone();
+            let prices = self.prices(claim.reqs, claim.tpl);
             let mut priced: Vec<(f64, u16)> = claim
                 .types
                 .iter()
-                .map(|&i| {
-                    (
-                        tpl.types[i as usize]
-                            .cheapest_price(&reqs)
-                            .unwrap_or(f64::INFINITY),
-                        i,
-                    )
+                .filter(|&&i| {
+                    fits(&claim.requests, tpl.cap_of(i as usize, width))
+                        && (claim.ports.is_empty()
+                            || ports_conflict(&claim.ports, &tpl.daemon_ports[i as usize]).is_none())
                 })
+                .map(|&i| (prices[i as usize], i))
                 .collect();
             priced.sort_by(|a, b| {
                 a.0.total_cmp(&b.0)
-                    .then_with(|| tpl.types[a.1 as usize].name().cmp(tpl.types[b.1 as usize].name()))
+                    .then_with(|| tpl.rank[a.1 as usize].cmp(&tpl.rank[b.1 as usize]))
             });
             let mut relaxed = claim.min_values_relaxed;
             let mut types: Vec<u16> = priced.iter().map(|(_, i)| *i).collect();

@@ -171,6 +171,7 @@ pub(crate) struct Offer {
     pub(crate) zone: u16,
     pub(crate) spot: bool,
     pub(crate) available: bool,
+    pub(crate) price: f64,
 }
 
 /// For one label key, which types allow which values.
@@ -248,6 +249,8 @@ pub(crate) struct Tpl {
     pub(crate) offers: Vec<Vec<Offer>>,
     /// The zones of the offerings.
     pub(crate) zones: Vec<String>,
+    /// Per type: its rank by name (price ties are broken by name).
+    pub(crate) rank: Vec<u32>,
     /// Label key → type index.
     keys: FxMap<String, KeyIndex>,
     /// Whether the template has a PreferNoSchedule taint.
@@ -344,6 +347,7 @@ impl Tpl {
                             zone: zone as u16,
                             spot: o.capacity_type == CapacityType::Spot,
                             available: o.available,
+                            price: o.price,
                         }
                     })
                     .collect()
@@ -392,6 +396,12 @@ impl Tpl {
             .iter()
             .any(|t| t.effect == TaintEffect::PreferNoSchedule);
         let any_daemon_ports = daemon_ports.iter().any(|p| !p.is_empty());
+        let mut by_name: Vec<usize> = (0..n).collect();
+        by_name.sort_by(|&a, &b| types[a].name().cmp(types[b].name()));
+        let mut rank = vec![0u32; n];
+        for (r, &t) in by_name.iter().enumerate() {
+            rank[t] = r as u32;
+        }
         Tpl {
             spec,
             types,
@@ -401,6 +411,7 @@ impl Tpl {
             any_daemon_ports,
             offers,
             zones,
+            rank,
             keys,
             prefer_no_schedule,
             limit_dims,
@@ -418,8 +429,8 @@ impl Tpl {
         compat_mask(&self.keys, self.types.len(), reqs)
     }
 
-    /// The types with an available offering whose zone and capacity type `reqs` allow.
-    pub(crate) fn offering_mask(&self, reqs: &Requirements) -> Bits {
+    /// Which zones (by index) and capacity types (spot, on-demand) `reqs` allow.
+    fn allowed(&self, reqs: &Requirements) -> (Vec<bool>, bool, bool) {
         let zone_ok: Vec<bool> = match reqs.get(labels::ZONE) {
             Some(r) => self.zones.iter().map(|z| r.has(z)).collect(),
             None => vec![true; self.zones.len()],
@@ -427,16 +438,36 @@ impl Tpl {
         let ct = reqs.get(labels::CAPACITY_TYPE);
         let spot_ok = ct.is_none_or(|r| r.has(CapacityType::Spot.as_str()));
         let od_ok = ct.is_none_or(|r| r.has(CapacityType::OnDemand.as_str()));
+        (zone_ok, spot_ok, od_ok)
+    }
+
+    /// The types with an available offering whose zone and capacity type `reqs` allow.
+    pub(crate) fn offering_mask(&self, reqs: &Requirements) -> Bits {
         let mut mask = Bits::empty(self.types.len());
-        for (t, offers) in self.offers.iter().enumerate() {
-            if offers
-                .iter()
-                .any(|o| o.available && zone_ok[o.zone as usize] && if o.spot { spot_ok } else { od_ok })
-            {
+        for (t, price) in self.prices(reqs).iter().enumerate() {
+            if price.is_finite() {
                 mask.set(t);
             }
         }
         mask
+    }
+
+    /// Per type, the price of its cheapest available offering whose zone and capacity type
+    /// `reqs` allow (infinite when there is none).
+    pub(crate) fn prices(&self, reqs: &Requirements) -> Vec<f64> {
+        let (zone_ok, spot_ok, od_ok) = self.allowed(reqs);
+        self.offers
+            .iter()
+            .map(|offers| {
+                offers
+                    .iter()
+                    .filter(|o| {
+                        o.available && zone_ok[o.zone as usize] && if o.spot { spot_ok } else { od_ok }
+                    })
+                    .map(|o| o.price)
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect()
     }
 
     /// The values the types allow for a key (finite `In` sets), if any type defines it.

@@ -784,3 +784,82 @@ fn timeouts_and_daemonset_pods_are_reported() {
         "fits no existing node and there is no nodepool"
     );
 }
+
+#[test]
+fn spread_on_any_node_label_key() {
+    // Capacity type: spot and on-demand alternate.
+    let pods: Vec<PodSpec> = (0..4)
+        .map(|i| {
+            let mut p = with_labels(pod(&format!("ct-{i}"), 500, 256), &[("app", "ct")]);
+            p.topology_spread = vec![spread(
+                labels::CAPACITY_TYPE,
+                1,
+                "ct",
+                WhenUnsatisfiable::DoNotSchedule,
+            )];
+            p
+        })
+        .collect();
+    let solution = solve(vec![template(8)], Vec::new(), pods);
+    let mut per_type = BTreeMap::<String, usize>::new();
+    for c in &solution.new_claims {
+        let ct: Vec<&str> = c
+            .requirements
+            .get(labels::CAPACITY_TYPE)
+            .unwrap()
+            .values()
+            .collect();
+        assert_eq!(ct.len(), 1);
+        *per_type.entry(ct[0].to_owned()).or_default() += c.pods.len();
+        let (_, offering) = c.cheapest().unwrap();
+        assert_eq!(offering.capacity_type.as_str(), ct[0]);
+    }
+    assert_eq!(per_type.values().copied().collect::<Vec<_>>(), vec![2, 2]);
+
+    // A custom label that two NodePools define differently.
+    let rack = |name: &str, value: &str, weight: i32| {
+        let mut t = template(8);
+        t.name = name.to_owned();
+        t.weight = weight;
+        t.requirements = req(labels::NODE_POOL, Operator::In, &[name])
+            .with(Requirement::new("rack", Operator::In, [value]).unwrap());
+        t
+    };
+    let pods: Vec<PodSpec> = (0..2)
+        .map(|i| {
+            let mut p = with_labels(pod(&format!("r-{i}"), 500, 256), &[("app", "r")]);
+            p.topology_spread = vec![spread("rack", 1, "r", WhenUnsatisfiable::DoNotSchedule)];
+            p
+        })
+        .collect();
+    let solution = solve(
+        vec![rack("rack-1", "r1", 10), rack("rack-2", "r2", 0)],
+        Vec::new(),
+        pods,
+    );
+    let pools: Vec<&str> = solution.new_claims.iter().map(|c| c.nodepool.as_str()).collect();
+    assert_eq!(pools, vec!["rack-1", "rack-2"]);
+}
+
+#[test]
+fn nodepools_by_weight_then_name() {
+    let pool = |name: &str, weight: i32| {
+        let mut t = template(8);
+        t.name = name.to_owned();
+        t.weight = weight;
+        t.requirements = req(labels::NODE_POOL, Operator::In, &[name]);
+        t
+    };
+    let solution = solve(
+        vec![pool("b", 0), pool("a", 0), pool("heavy", 50)],
+        Vec::new(),
+        vec![pod("p", 100, 64)],
+    );
+    assert_eq!(solution.new_claims[0].nodepool, "heavy");
+    let solution = solve(
+        vec![pool("b", 0), pool("a", 0)],
+        Vec::new(),
+        vec![pod("p", 100, 64)],
+    );
+    assert_eq!(solution.new_claims[0].nodepool, "a");
+}

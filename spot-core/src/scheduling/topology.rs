@@ -138,6 +138,15 @@ pub(crate) struct TopoAttempt {
     pub(crate) pod_domains: Vec<u32>,
     /// Spread groups: the global minimum the skew is measured against.
     pub(crate) spread_min: Vec<i32>,
+    /// The positions of the hostname groups (checked first: they reject most nodes).
+    pub(crate) hostname: Vec<usize>,
+    /// Other groups: the domains the pod may go to whatever the node (spread: within the
+    /// skew; affinity: holding a selected pod, or the pod's own domains when it bootstraps;
+    /// anti-affinity: holding none).
+    pub(crate) allowed: Vec<Bits>,
+    /// Affinity groups that no domain satisfies yet but the pod selects itself: it takes
+    /// the first domain the node allows.
+    pub(crate) bootstrap: Vec<bool>,
 }
 
 /// The node a pod is tried on.
@@ -165,7 +174,8 @@ pub(crate) struct Topology {
     pub(crate) keys: Vec<KeyDomains>,
     key_index: FxMap<String, u32>,
     sets: Vec<Bits>,
-    set_index: FxMap<(ReqId, u32), u32>,
+    /// Per requirement id, per key: the arena index of its domains (`NO_SET`: unknown).
+    set_index: Vec<Vec<u32>>,
     narrowed: FxMap<(ReqId, u32, Bits), ReqId>,
     filter_ok: FxMap<(ReqId, ReqId, bool), bool>,
 }
@@ -276,8 +286,13 @@ impl Topology {
 
     /// The domains of `key` that requirements allow (all when they do not constrain it).
     pub(crate) fn domains_of(&mut self, table: &ReqTable, reqs: ReqId, key: u32) -> u32 {
-        if let Some(i) = self.set_index.get(&(reqs, key)) {
-            return *i;
+        if let Some(&i) = self
+            .set_index
+            .get(reqs as usize)
+            .and_then(|row| row.get(key as usize))
+            && i != NO_SET
+        {
+            return i;
         }
         let domains = &self.keys[key as usize];
         let bits = match table.get(reqs).get(&domains.name) {
@@ -293,7 +308,15 @@ impl Topology {
             }
         };
         let i = self.store(bits);
-        self.set_index.insert((reqs, key), i);
+        if self.set_index.len() <= reqs as usize {
+            self.set_index.resize(reqs as usize + 1, Vec::new());
+        }
+        let keys = self.keys.len();
+        let row = &mut self.set_index[reqs as usize];
+        if row.len() < keys {
+            row.resize(keys, NO_SET);
+        }
+        row[key as usize] = i;
         i
     }
 
@@ -330,6 +353,48 @@ impl Topology {
         min
     }
 
+    /// The domains a (non-hostname) group lets the pod use whatever the node, and whether
+    /// the pod bootstraps its own affinity. `pod_domains` are the pod's own domains,
+    /// `spread_min` the spread group's global minimum.
+    pub(crate) fn allowed(
+        &self,
+        group: u32,
+        selfsel: bool,
+        pod_domains: &Bits,
+        spread_min: i32,
+    ) -> (Bits, bool) {
+        let g = &self.groups[group as usize];
+        let width = g.key.map_or(0, |k| self.width(k));
+        let mut allowed = Bits::empty(width);
+        match g.kind {
+            Kind::Spread => {
+                for d in 0..width {
+                    if g.count(d) + i32::from(selfsel) - spread_min <= g.max_skew {
+                        allowed.set(d);
+                    }
+                }
+            }
+            Kind::Affinity => {
+                for d in pod_domains.ones() {
+                    if g.count(d) > 0 {
+                        allowed.set(d);
+                    }
+                }
+                if allowed.is_empty() && selfsel {
+                    return (pod_domains.clone(), true);
+                }
+            }
+            Kind::AntiAffinity => {
+                for d in pod_domains.ones() {
+                    if g.count(d) == 0 {
+                        allowed.set(d);
+                    }
+                }
+            }
+        }
+        (allowed, false)
+    }
+
     /// Whether an affinity group has no domain at all for the pod: no domain it may use
     /// holds a selected pod, and it cannot bootstrap by selecting itself.
     pub(crate) fn affinity_hopeless(&self, att: &TopoAttempt, i: usize) -> bool {
@@ -339,8 +404,46 @@ impl Topology {
         }
         match g.key {
             None => g.nonzero == 0,
-            Some(_) => !self.set(att.pod_domains[i]).ones().any(|d| g.count(d) > 0),
+            Some(_) => att.allowed[i].is_empty(),
         }
+    }
+
+    /// A hostname group on a node.
+    #[inline]
+    fn hostname_group_ok(&self, att: &TopoAttempt, i: usize, node: usize) -> bool {
+        let g = &self.groups[att.groups[i] as usize];
+        let c = g.count(node);
+        match g.kind {
+            Kind::Spread => c + i32::from(att.self_select[i]) <= g.max_skew,
+            Kind::Affinity => c > 0 || (g.nonzero == 0 && att.self_select[i]),
+            Kind::AntiAffinity => c == 0,
+        }
+    }
+
+    /// A quick rejection before the full [`Topology::check`]: the hostname groups, and for
+    /// the other groups whether the node's domains (under requirements `reqs`, which the
+    /// pod can only narrow) meet the allowed ones.
+    #[inline]
+    pub(crate) fn quick_ok(&mut self, table: &ReqTable, att: &TopoAttempt, node: usize, reqs: ReqId) -> bool {
+        for i in 0..att.groups.len() {
+            let Some(key) = self.groups[att.groups[i] as usize].key else {
+                if !self.hostname_group_ok(att, i, node) {
+                    return false;
+                }
+                continue;
+            };
+            let n = self.domains_of(table, reqs, key);
+            if !self.sets[n as usize].intersects(&att.allowed[i]) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The hostname groups alone, for registered nodes.
+    #[inline]
+    pub(crate) fn hostname_ok(&self, att: &TopoAttempt, node: usize) -> bool {
+        att.hostname.iter().all(|&i| self.hostname_group_ok(att, i, node))
     }
 
     /// Checks the attempt's groups on a node and narrows the node's requirements to the
@@ -354,42 +457,19 @@ impl Topology {
     ) -> Result<ReqId, u32> {
         let node = view.node();
         for (i, &gid) in att.groups.iter().enumerate() {
-            let selfsel = i32::from(att.self_select[i]);
             let Some(key) = self.groups[gid as usize].key else {
-                let g = &self.groups[gid as usize];
-                let c = g.count(node);
-                let ok = match g.kind {
-                    Kind::Spread => c + selfsel <= g.max_skew,
-                    Kind::Affinity => c > 0 || (g.nonzero == 0 && selfsel == 1),
-                    Kind::AntiAffinity => c == 0,
-                };
-                if !ok {
+                if !self.hostname_group_ok(att, i, node) {
                     return Err(gid);
                 }
                 continue;
             };
-            let pod_domains = att.pod_domains[i];
+            let allowed = &att.allowed[i];
             match view {
                 NodeView::Real { domains, .. } => {
-                    let g = &self.groups[gid as usize];
                     let Some(d) = domains[key as usize] else {
                         return Err(gid);
                     };
-                    let d = d as usize;
-                    let c = g.count(d);
-                    let p = &self.sets[pod_domains as usize];
-                    let ok = match g.kind {
-                        Kind::Spread => c + selfsel - att.spread_min[i] <= g.max_skew,
-                        Kind::Affinity => {
-                            if p.ones().any(|x| g.count(x) > 0) {
-                                c > 0 && p.get(d)
-                            } else {
-                                selfsel == 1 && p.get(d)
-                            }
-                        }
-                        Kind::AntiAffinity => c == 0,
-                    };
-                    if !ok {
+                    if !allowed.get(d as usize) {
                         return Err(gid);
                     }
                 }
@@ -397,53 +477,51 @@ impl Topology {
                     let n_idx = self.domains_of(table, reqs, key);
                     let g = &self.groups[gid as usize];
                     let n = &self.sets[n_idx as usize];
-                    let p = &self.sets[pod_domains as usize];
-                    let width = self.keys[key as usize].values.len();
-                    let allowed = match g.kind {
+                    let single = |d: usize| n.count_is_one() && n.get(d);
+                    // The one domain to narrow to, or the set (affinity) when several stay.
+                    let choice: Result<Option<usize>, ()> = match g.kind {
                         Kind::Spread => {
                             let mut best: Option<(i32, usize)> = None;
                             for d in n.ones() {
-                                let c = g.count(d) + selfsel;
-                                if c - att.spread_min[i] <= g.max_skew && best.is_none_or(|(b, _)| c < b) {
-                                    best = Some((c, d));
+                                if allowed.get(d) {
+                                    let c = g.count(d);
+                                    if best.is_none_or(|(b, _)| c < b) {
+                                        best = Some((c, d));
+                                    }
                                 }
                             }
-                            match best {
-                                Some((_, d)) => Bits::single(width, d),
-                                None => return Err(gid),
-                            }
+                            best.map(|(_, d)| Some(d)).ok_or(())
+                        }
+                        Kind::Affinity if att.bootstrap[i] => {
+                            n.ones().find(|d| allowed.get(*d)).map(Some).ok_or(())
                         }
                         Kind::Affinity => {
-                            let mut options = Bits::empty(width);
-                            for d in p.ones() {
-                                if g.count(d) > 0 {
-                                    options.set(d);
-                                }
+                            if !n.intersects(allowed) {
+                                Err(())
+                            } else {
+                                Ok(None)
                             }
-                            if options.is_empty() && selfsel == 1 {
-                                if let Some(d) = p.ones().find(|d| n.get(*d)) {
-                                    options.set(d);
-                                }
-                                if let Some(d) = p.first() {
-                                    options.set(d);
-                                }
-                            }
-                            options.and_with(n);
-                            if options.is_empty() {
-                                return Err(gid);
-                            }
-                            options
                         }
                         Kind::AntiAffinity => {
                             // Narrowed to one empty domain, so that recording it is exact.
-                            match p.ones().find(|d| n.get(*d) && g.count(*d) == 0) {
-                                Some(d) => Bits::single(width, d),
-                                None => return Err(gid),
-                            }
+                            n.ones().find(|d| allowed.get(*d)).map(Some).ok_or(())
                         }
                     };
-                    if allowed != *n {
-                        reqs = self.narrow(table, reqs, key, allowed);
+                    match choice {
+                        Err(()) => return Err(gid),
+                        Ok(Some(d)) => {
+                            if !single(d) {
+                                let width = self.keys[key as usize].values.len();
+                                reqs = self.narrow(table, reqs, key, Bits::single(width, d));
+                            }
+                        }
+                        Ok(None) => {
+                            if !n.is_subset_of(allowed) {
+                                let mut both = n.clone();
+                                both.and_with(allowed);
+                                reqs = self.narrow(table, reqs, key, both);
+                            }
+                        }
                     }
                 }
             }
@@ -579,13 +657,30 @@ mod tests {
         t.record_at(g, 0);
         t.record_at(g, 1);
         let all = t.domains_of(&table, super::super::intern::NO_REQS, k);
+        let min = t.spread_min(g, Some(&Bits::full(3)));
+        assert_eq!(min, 0);
+        let (allowed, bootstrap) = t.allowed(g, true, &Bits::full(3), min);
+        assert_eq!(
+            allowed.ones().collect::<Vec<_>>(),
+            vec![2],
+            "only z3 keeps the skew at 1"
+        );
         let att = TopoAttempt {
             groups: vec![g],
             self_select: vec![true],
             pod_domains: vec![all],
-            spread_min: vec![t.spread_min(g, Some(&Bits::full(3)))],
+            spread_min: vec![min],
+            hostname: Vec::new(),
+            allowed: vec![allowed],
+            bootstrap: vec![bootstrap],
         };
-        assert_eq!(att.spread_min[0], 0);
+        let z1 = table
+            .intern(Requirements::new().with(Requirement::new(labels::ZONE, Operator::In, ["z1"]).unwrap()));
+        assert!(
+            !t.quick_ok(&table, &att, 0, z1),
+            "a node in z1 is rejected up front"
+        );
+        assert!(t.quick_ok(&table, &att, 0, super::super::intern::NO_REQS));
         let reqs = t
             .check(
                 &mut table,
@@ -641,6 +736,9 @@ mod tests {
             self_select: vec![selfsel],
             pod_domains: vec![NO_SET],
             spread_min: vec![0],
+            hostname: vec![0],
+            allowed: vec![Bits::default()],
+            bootstrap: vec![false],
         };
         assert!(t.affinity_hopeless(&att(affinity, false), 0));
         assert!(
