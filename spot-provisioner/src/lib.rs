@@ -2,6 +2,8 @@
 //!
 //! - [`api`]: the custom resources (`NodePool`, `NodeClaim` in `karpenter.sh/v1`,
 //!   `SpotNodeClass` in `spot.dev/v1`) and their CRDs.
+//! - [`manifests`]: workloads, NodePools and nodes read from YAML files (controllers
+//!   expanded into their pods), to plan without a cluster.
 //! - [`provisioner`]: the controller ([`Provisioner`], built with [`Provisioner::builder`]):
 //!   pending pods to NodeClaims to launches, and the NodeClaim lifecycle.
 //! - [`batcher`]: the 1 s idle / 10 s max batch window; [`cluster`]: one loop's read of the
@@ -16,6 +18,7 @@ pub mod api;
 pub mod batcher;
 pub mod cluster;
 pub mod launch;
+pub mod manifests;
 pub mod metrics;
 pub mod provisioner;
 pub mod template;
