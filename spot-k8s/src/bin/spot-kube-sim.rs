@@ -38,7 +38,8 @@ struct Args {
     /// Simulate kubelets: bound pods start; deleted pods terminate after their grace period.
     #[arg(long)]
     kubelet_sim: bool,
-    /// Simulate the scheduler: bind pending pods to fitting nodes.
+    /// Simulate the scheduler: bind pending pods to fitting nodes (every scheduling
+    /// constraint the provisioner simulates), mark the others Unschedulable.
     #[arg(long)]
     scheduler_sim: bool,
     /// Simulate the Deployment and ReplicaSet controllers.

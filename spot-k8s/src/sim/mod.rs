@@ -82,8 +82,10 @@ pub struct SimConfig {
     /// Simulated kubelet: pods bound to a node become Running and Ready; deleted pods on a
     /// node terminate after their grace period.
     pub kubelet: bool,
-    /// Simulated scheduler: pending pods are bound to Ready, schedulable nodes that fit
-    /// their requests, nodeSelector and tolerations.
+    /// Simulated scheduler: pending pods are bound with spot-core's scheduling simulation
+    /// over the existing nodes (resources, node affinity, taints, topology spread, pod
+    /// affinity, host ports); pods that fit nowhere get `PodScheduled=False`, reason
+    /// `Unschedulable`.
     pub scheduler: bool,
     /// Simulated ReplicaSet controller: keeps `spec.replicas` pods per ReplicaSet.
     pub replicaset_controller: bool,
