@@ -8,6 +8,27 @@
 //! in Karpenter's order. Pods whose only constraints are node requirements and tolerations
 //! are packed for cost after the constrained pods are placed.
 //!
+//! Deliberate differences from Karpenter, each in the direction of scheduling more pods per
+//! solve or cheaper claims:
+//!
+//! - Pods whose only constraints are node requirements and tolerations ("free" pods: no
+//!   topology spread, pod affinity or anti-affinity, host ports, and not selected by the
+//!   anti-affinity of another pod) are placed after the constrained ones: on existing nodes
+//!   first (as Karpenter), then in the headroom of this solve's claims (only where their
+//!   current cheapest instance type still holds them, so the claim's price does not change),
+//!   and the rest are packed per (NodePool, requirements) by [`crate::packing::pack`], which
+//!   minimises the total price. Constrained pods that waited for them (pod affinity) are
+//!   retried afterwards.
+//! - Topology constraints narrow a claim's requirements one after the other (Karpenter
+//!   computes them all against the same requirements), and pod anti-affinity on a claim
+//!   whose zone is still open picks one free domain instead of blocking every possible one,
+//!   so a Deployment with zonal anti-affinity gets one pod per zone in a single solve.
+//! - Not modelled: volume topology and CSI volume limits, dynamic resource allocation,
+//!   reserved (capacity-reservation) offerings and namespace selectors of affinity terms.
+//!
+//! Every pending pod is tried at least once per solve (no starvation, see
+//! [`Solution::pods_evaluated`]) unless [`SchedulerOptions::timeout`] stops it.
+//!
 //! - [`template`]: [`InstanceTypeOption`] and [`NodePoolTemplate`] (what can be launched).
 //! - [`existing`]: [`ExistingNode`] and [`InFlightClaim`] (what already exists).
 //! - [`solve`]: [`Scheduler`], [`Solution`], [`NewNodeClaim`].

@@ -352,6 +352,19 @@ impl<'s> Solve<'s> {
     fn setup(&mut self, pods: Vec<Arc<PodSpec>>) {
         let s = self.s;
         let width = self.width;
+        // Pods being scheduled are not counted where they are bound (Karpenter's
+        // `excludedPods`): a consolidation simulation passes the pods of the nodes it
+        // removes.
+        let pending: std::collections::HashSet<String> = if s.existing.iter().any(|n| !n.node.pods.is_empty())
+        {
+            pods.iter()
+                .filter(|p| !p.uid.is_empty())
+                .map(|p| p.uid.clone())
+                .collect()
+        } else {
+            std::collections::HashSet::new()
+        };
+        let counted = |pod: &PodSpec| pod.uid.is_empty() || !pending.contains(&pod.uid);
         // Templates and existing nodes.
         let mut taint_index: FxMap<Vec<Taint>, u32> = FxMap::default();
         for (t, tpl) in s.templates.iter().enumerate() {
@@ -521,7 +534,7 @@ impl<'s> Solve<'s> {
         // Inverse anti-affinity of bound pods.
         let mut bound_inverse: Vec<(u32, u32)> = Vec::new();
         for (e, node) in s.existing.iter().enumerate() {
-            for pod in &node.node.pods {
+            for pod in node.node.pods.iter().filter(|p| counted(p)) {
                 for term in &pod.pod_anti_affinity {
                     let g = self.topo.group(GroupSpec {
                         kind: Kind::AntiAffinity,
@@ -556,7 +569,7 @@ impl<'s> Solve<'s> {
         }
         // Bound pods count where they run.
         for e in 0..s.existing.len() {
-            for pod in &s.existing[e].node.pods {
+            for pod in s.existing[e].node.pods.iter().filter(|p| counted(p)) {
                 let (selected, _) = self.selection(&mut cache, pod);
                 let node_reqs = self.nodes[e].reqs;
                 for &g in selected.iter() {

@@ -863,3 +863,34 @@ fn nodepools_by_weight_then_name() {
     );
     assert_eq!(solution.new_claims[0].nodepool, "a");
 }
+
+#[test]
+fn pods_being_rescheduled_are_not_counted_where_they_are_bound() {
+    // A consolidation simulation passes the pods of a node it removes while they are still
+    // bound to it: they must not count against themselves.
+    let mut n = node("leaving", BENCH_ZONES[0], 1000, 4);
+    let mut solo = with_labels(pod("solo", 100, 64), &[("app", "solo")]);
+    solo.pod_anti_affinity = vec![term(labels::HOSTNAME, "solo")];
+    solo.node_name = Some("leaving".into());
+    n.pods.push(Arc::new(solo.clone()));
+    let solution = solve(vec![template(8)], vec![n.clone()], vec![solo]);
+    assert_eq!(
+        solution.existing,
+        vec![("default/solo".to_owned(), "leaving".to_owned())]
+    );
+    let other = node("other", BENCH_ZONES[1], 4000, 8);
+    let mut twin = with_labels(pod("twin", 100, 64), &[("app", "solo")]);
+    twin.pod_anti_affinity = vec![term(labels::HOSTNAME, "solo")];
+    let mut scheduler = Scheduler::new(
+        vec![template(8)],
+        vec![n, other],
+        Vec::new(),
+        SchedulerOptions::default(),
+    );
+    let bound = scheduler.solve(vec![Arc::new(twin)]);
+    assert_eq!(
+        bound.existing,
+        vec![("default/twin".to_owned(), "other".to_owned())],
+        "still counted when not pending"
+    );
+}
