@@ -277,6 +277,39 @@ fn ports_conflict(a: &[HostPort], b: &[HostPort]) -> Option<HostPort> {
     a.iter().find(|p| b.iter().any(|q| p.conflicts(q))).cloned()
 }
 
+/// Resources for people: `96 vCPU, 10Gi memory, 1 pod, 2 nvidia.com/gpu`.
+fn describe(r: &Resources) -> String {
+    let map = r.to_map();
+    let mut parts = Vec::new();
+    if r.cpu_millis != 0 {
+        let cpu = if r.cpu_millis % 1000 == 0 {
+            (r.cpu_millis / 1000).to_string()
+        } else {
+            format!("{:.3}", r.cpu_millis as f64 / 1000.0)
+                .trim_end_matches('0')
+                .to_owned()
+        };
+        parts.push(format!("{cpu} vCPU"));
+    }
+    if let Some(memory) = map.get(crate::resources::MEMORY) {
+        parts.push(format!("{memory} memory"));
+    }
+    if r.pods != 0 {
+        parts.push(format!("{} pod{}", r.pods, if r.pods == 1 { "" } else { "s" }));
+    }
+    if let Some(storage) = map.get(crate::resources::EPHEMERAL_STORAGE) {
+        parts.push(format!("{storage} ephemeral storage"));
+    }
+    for (name, amount) in &r.extended {
+        parts.push(format!("{amount} {name}"));
+    }
+    if parts.is_empty() {
+        "nothing".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// The placeholder hostname of a new claim.
 fn placeholder(node: usize) -> String {
     format!("hostname-placeholder-{node:04}")
@@ -1813,18 +1846,18 @@ impl<'s> Solve<'s> {
             let (ca, cb) = (tpl.cap_of(a, width), tpl.cap_of(b, width));
             ca[0].cmp(&cb[0]).then(ca[1].cmp(&cb[1])).then(b.cmp(&a))
         });
-        let wanted = self.s.dims.resources(requests);
+        let wanted = describe(&self.s.dims.resources(requests));
         match largest {
             Some(i) => {
                 let overhead = self.s.dims.resources(tpl.overhead_of(i, width));
                 let after = if overhead.is_zero() {
                     String::new()
                 } else {
-                    format!(" after DaemonSet overhead {overhead}")
+                    format!(", after DaemonSet overhead of {}", describe(&overhead))
                 };
                 format!(
                     "no instance type has {wanted}: largest allocatable is {} ({}{after})",
-                    self.s.dims.resources(tpl.cap_of(i, width)),
+                    describe(&self.s.dims.resources(tpl.cap_of(i, width))),
                     tpl.types[i].name()
                 )
             }

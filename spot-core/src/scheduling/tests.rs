@@ -590,8 +590,25 @@ fn resource_reasons_name_the_largest_type() {
     );
     assert_eq!(
         reason(&solution, "huge"),
-        "incompatible with nodepool default: no instance type has cpu=96, memory=10Gi, pods=1: \
-         largest allocatable is cpu=7900m, memory=16374Mi, pods=80 (fake-it.7)"
+        "incompatible with nodepool default: no instance type has 96 vCPU, 10Gi memory, 1 pod: \
+         largest allocatable is 7.9 vCPU, 16374Mi memory, 80 pods (fake-it.7)"
+    );
+    let mut daemon = pod("ds", 250, 64);
+    daemon.owner_kind = Some(DAEMONSET_KIND.into());
+    let solution = solve_with(
+        vec![template(8)],
+        Vec::new(),
+        vec![daemon],
+        SchedulerOptions::default(),
+        vec![pod("huge", 8000, 1024)],
+    );
+    assert!(
+        reason(&solution, "huge").ends_with(
+            "largest allocatable is 7.65 vCPU, 16310Mi memory, 79 pods (fake-it.7, after DaemonSet overhead of \
+             0.25 vCPU, 64Mi memory, 1 pod)"
+        ),
+        "{}",
+        reason(&solution, "huge")
     );
     let mut zone = pod("nowhere", 100, 64);
     zone.node_requirements = vec![
