@@ -548,6 +548,23 @@ impl Provisioner {
         {
             return;
         }
+        let api = Api::<NodeClaim>::all(self.client.clone());
+        // The snapshot this claim came from may predate a launch that just finished: read it
+        // again, and never launch a claim twice.
+        match api.get_opt(&name).await {
+            Ok(Some(fresh))
+                if fresh.metadata.deletion_timestamp.is_none()
+                    && !Snapshot::claim_is(&fresh, conditions::LAUNCHED) => {}
+            Ok(_) => {
+                self.done_launching(&name);
+                return;
+            }
+            Err(e) => {
+                warn!(nodeclaim = %name, error = %e, "reading NodeClaim before launch failed");
+                self.done_launching(&name);
+                return;
+            }
+        }
         let pool = claim.labels().get(labels::NODE_POOL).cloned().unwrap_or_default();
         let requirements = match claim.requirements() {
             Ok(r) => r,
@@ -573,7 +590,6 @@ impl Provisioner {
         for (t, z, ct) in &report.marked_unavailable {
             info!(nodeclaim = %name, instance_type = %t, zone = %z, capacity_type = %ct.as_str(), "offering marked unavailable");
         }
-        let api = Api::<NodeClaim>::all(self.client.clone());
         match result {
             Ok(instance) => {
                 let t = types.iter().find(|t| t.name() == instance.instance_type);
