@@ -1259,6 +1259,10 @@ impl<'s> Solve<'s> {
         };
         let after = self.order[pos + 1..].partition_point(|&x| key(x) < new);
         self.order[pos..=pos + after].rotate_left(1);
+        debug_assert!(
+            self.order.len() > 512 || self.order.windows(2).all(|w| key(w[0]) < key(w[1])),
+            "claims stay in fewest-pods-first order"
+        );
     }
 
     fn mark_placed(&mut self, p: u32) {
