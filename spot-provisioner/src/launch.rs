@@ -116,6 +116,11 @@ fn zone_allowed(reqs: &Requirements, zone: &str) -> bool {
     reqs.get(labels::ZONE).is_none_or(|r| r.matches(Some(zone)))
 }
 
+/// An available offering: zone, capacity type, price.
+type Offer<'a> = (&'a str, CapacityType, f64);
+/// A type with its offerings of the chosen capacity type (zone, price) and its cheapest price.
+type Ranked<'a> = (&'a InstanceTypeOption, Vec<(&'a str, f64)>, f64);
+
 /// Plans one fleet request for a claim: see the module documentation for the rules.
 pub fn plan(
     claim: &str,
@@ -125,7 +130,7 @@ pub fn plan(
     options: &LaunchOptions,
 ) -> Result<LaunchPlan, Error> {
     // Available offerings per type, compatible with the claim's zone and capacity type.
-    let mut usable: Vec<(&InstanceTypeOption, Vec<(&str, CapacityType, f64)>)> = Vec::new();
+    let mut usable: Vec<(&InstanceTypeOption, Vec<Offer<'_>>)> = Vec::new();
     for t in types {
         let name = &t.instance_type.name;
         let offers: Vec<_> = t
@@ -169,7 +174,7 @@ pub fn plan(
             ),
         });
     };
-    let mut ranked: Vec<(&InstanceTypeOption, Vec<(&str, f64)>, f64)> = usable
+    let mut ranked: Vec<Ranked<'_>> = usable
         .into_iter()
         .filter_map(|(t, offers)| {
             let mut o: Vec<(&str, f64)> = offers

@@ -4,6 +4,8 @@
 //!   `SpotNodeClass` in `spot.dev/v1`) and their CRDs.
 //! - [`manifests`]: workloads, NodePools and nodes read from YAML files (controllers
 //!   expanded into their pods), to plan without a cluster.
+//! - [`plan`]: offline planning (`spot-provisioner plan`): the same scheduling and packing
+//!   on manifests and a price table, with the LP lower bound.
 //! - [`provisioner`]: the controller ([`Provisioner`], built with [`Provisioner::builder`]):
 //!   pending pods to NodeClaims to launches, and the NodeClaim lifecycle.
 //! - [`batcher`]: the 1 s idle / 10 s max batch window; [`cluster`]: one loop's read of the
@@ -20,6 +22,7 @@ pub mod cluster;
 pub mod launch;
 pub mod manifests;
 pub mod metrics;
+pub mod plan;
 pub mod provisioner;
 pub mod template;
 
