@@ -16,7 +16,7 @@ use super::claim::{Claim, NewNodeClaim};
 use super::existing::{ExistingNode, Prepared, without_hostname};
 use super::intern::{Bits, Dims, FxMap, Mode, NO_REQS, ReqId, ReqTable, add_into, fits, fx_hash, sum_fits};
 use super::preferences::{Relax, Shape};
-use super::template::{InstanceTypeOption, LimitDim, NodePoolTemplate, Tpl};
+use super::template::{IndexCache, InstanceTypeOption, LimitDim, NodePoolTemplate, Tpl};
 use super::topology::{GroupSpec, Kind, NO_SET, NodeView, TopoAttempt, Topology};
 use super::{MinValuesPolicy, SchedulerOptions};
 
@@ -89,9 +89,10 @@ impl Scheduler {
                 .cmp(&a.node.initialized)
                 .then_with(|| a.node.name.cmp(&b.node.name))
         });
+        let mut index_cache = IndexCache::default();
         let templates: Vec<Tpl> = templates
             .into_iter()
-            .map(|t| Tpl::build(t, &dims, &daemonsets))
+            .map(|t| Tpl::build(t, &dims, &daemonsets, &mut index_cache))
             .collect();
         let tolerate_prefer_no_schedule = templates.iter().any(|t| t.prefer_no_schedule);
         Scheduler {

@@ -3,6 +3,7 @@
 //! overhead per type, an index from label values to type masks, compact offerings).
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::allocatable::AllocatableModel;
@@ -252,7 +253,7 @@ pub(crate) struct Tpl {
     /// Per type: its rank by name (price ties are broken by name).
     pub(crate) rank: Vec<u32>,
     /// Label key → type index.
-    keys: FxMap<String, KeyIndex>,
+    keys: KeyIndexes,
     /// Whether the template has a PreferNoSchedule taint.
     pub(crate) prefer_no_schedule: bool,
     /// The limited dimensions and, per type, its capacity in each.
@@ -260,24 +261,53 @@ pub(crate) struct Tpl {
     pub(crate) limit_caps: Vec<i64>,
 }
 
+/// Label key → [`KeyIndex`] over a list of types.
+pub(crate) type KeyIndexes = FxMap<String, KeyIndex>;
+
+/// Label indexes already built, by the identity of the type list (NodePools usually share
+/// their instance types).
+pub(crate) type IndexCache = FxMap<Vec<usize>, Rc<KeyIndexes>>;
+
 /// Builds the label index of a list of types.
-fn key_index(types: &[Arc<InstanceTypeOption>]) -> FxMap<String, KeyIndex> {
+fn key_index(types: &[Arc<InstanceTypeOption>]) -> KeyIndexes {
     let n = types.len();
-    let mut keys: FxMap<String, KeyIndex> = FxMap::default();
+    let mut keys: KeyIndexes = FxMap::default();
+    // Per key, the group of each single value (most type requirements are `In [value]`).
+    let mut singles: FxMap<String, FxMap<String, usize>> = FxMap::default();
     for (t, option) in types.iter().enumerate() {
         for r in option.requirements.iter() {
-            let entry = keys.entry(r.key().to_owned()).or_insert_with(|| KeyIndex {
-                absent: Bits::full(n),
-                groups: Vec::new(),
-            });
+            if !keys.contains_key(r.key()) {
+                keys.insert(
+                    r.key().to_owned(),
+                    KeyIndex {
+                        absent: Bits::full(n),
+                        groups: Vec::new(),
+                    },
+                );
+                singles.insert(r.key().to_owned(), FxMap::default());
+            }
+            let (Some(entry), Some(seen)) = (keys.get_mut(r.key()), singles.get_mut(r.key())) else {
+                continue;
+            };
             entry.absent.clear(t);
-            match entry.groups.iter_mut().find(|(q, _, _)| q == r) {
-                Some((_, _, bits)) => bits.set(t),
+            let single = if r.operator() == Operator::In && r.values().count() == 1 {
+                r.values().next()
+            } else {
+                None
+            };
+            let existing = match single {
+                Some(value) => seen.get(value).copied(),
+                None => entry.groups.iter().position(|(q, _, _)| q == r),
+            };
+            match existing {
+                Some(i) => entry.groups[i].2.set(t),
                 None => {
-                    let single = (r.operator() == Operator::In && r.values().count() == 1)
-                        .then(|| r.values().next().map(str::to_owned))
-                        .flatten();
-                    entry.groups.push((r.clone(), single, Bits::single(n, t)));
+                    if let Some(value) = single {
+                        seen.insert(value.to_owned(), entry.groups.len());
+                    }
+                    entry
+                        .groups
+                        .push((r.clone(), single.map(str::to_owned), Bits::single(n, t)));
                 }
             }
         }
@@ -285,9 +315,51 @@ fn key_index(types: &[Arc<InstanceTypeOption>]) -> FxMap<String, KeyIndex> {
     keys
 }
 
+/// The index of a subset of the types (`keep`: their positions in the indexed list,
+/// ascending).
+fn restrict(index: &KeyIndexes, keep: &[usize]) -> KeyIndexes {
+    let total = keep.last().map_or(0, |last| last + 1);
+    let mut new_of = vec![usize::MAX; total];
+    for (new, &old) in keep.iter().enumerate() {
+        new_of[old] = new;
+    }
+    let remap = |bits: &Bits| {
+        let mut out = Bits::empty(keep.len());
+        for old in bits.ones() {
+            if let Some(&new) = new_of.get(old)
+                && new != usize::MAX
+            {
+                out.set(new);
+            }
+        }
+        out
+    };
+    index
+        .iter()
+        .filter_map(|(key, k)| {
+            let groups: Vec<(Requirement, Option<String>, Bits)> = k
+                .groups
+                .iter()
+                .map(|(q, single, bits)| (q, single, remap(bits)))
+                .filter(|(_, _, bits)| !bits.is_empty())
+                .map(|(q, single, bits)| (q.clone(), single.clone(), bits))
+                .collect();
+            (!groups.is_empty()).then(|| {
+                (
+                    key.clone(),
+                    KeyIndex {
+                        absent: remap(&k.absent),
+                        groups,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
 /// Karpenter's `Intersects` of each type's requirements with `reqs`, as a mask over `n`
 /// types.
-fn compat_mask(keys: &FxMap<String, KeyIndex>, n: usize, reqs: &Requirements) -> Bits {
+fn compat_mask(keys: &KeyIndexes, n: usize, reqs: &Requirements) -> Bits {
     let mut mask = Bits::full(n);
     for r in reqs.iter() {
         let Some(index) = keys.get(r.key()) else { continue };
@@ -310,11 +382,20 @@ impl Tpl {
     /// Precomputes a template: launchable types, DaemonSet overhead per type (the
     /// DaemonSets that tolerate the template's taints and whose node requirements the
     /// template and the type allow), dense capacities and the label index.
-    pub(crate) fn build(spec: NodePoolTemplate, dims: &Dims, daemonsets: &[PodSpec]) -> Tpl {
+    pub(crate) fn build(
+        spec: NodePoolTemplate,
+        dims: &Dims,
+        daemonsets: &[PodSpec],
+        cache: &mut IndexCache,
+    ) -> Tpl {
         let all = spec.instance_types.clone();
-        let all_keys = key_index(&all);
+        let identity: Vec<usize> = all.iter().map(|t| Arc::as_ptr(t) as usize).collect();
+        let all_keys = cache
+            .entry(identity)
+            .or_insert_with(|| Rc::new(key_index(&all)))
+            .clone();
         let compatible = compat_mask(&all_keys, all.len(), &spec.requirements);
-        let types: Vec<Arc<InstanceTypeOption>> = all
+        let keep: Vec<usize> = all
             .iter()
             .enumerate()
             .filter(|(t, option)| {
@@ -324,10 +405,11 @@ impl Tpl {
                         .iter()
                         .any(|o| o.available && offering_allowed(o, &spec.requirements))
             })
-            .map(|(_, option)| option.clone())
+            .map(|(t, _)| t)
             .collect();
+        let types: Vec<Arc<InstanceTypeOption>> = keep.iter().map(|&t| all[t].clone()).collect();
         let n = types.len();
-        let keys = key_index(&types);
+        let keys = restrict(&all_keys, &keep);
         let mut zones: Vec<String> = Vec::new();
         let offers = types
             .iter()
@@ -623,7 +705,7 @@ mod tests {
                 .with(Requirement::new(labels::INSTANCE_FAMILY, Operator::In, ["m5"]).unwrap()),
         ];
         let dims = Dims::default();
-        let tpl = Tpl::build(spec, &dims, &[daemon]);
+        let tpl = Tpl::build(spec, &dims, &[daemon], &mut IndexCache::default());
         assert_eq!(tpl.len(), 3);
         let w = dims.width();
         assert_eq!(tpl.overhead_of(0, w)[0], 100, "m5 runs the DaemonSet");
@@ -648,7 +730,10 @@ mod tests {
         only_c
             .requirements
             .add(Requirement::new(labels::INSTANCE_FAMILY, Operator::In, ["c5"]).unwrap());
-        assert_eq!(Tpl::build(only_c, &dims, &[]).len(), 1);
+        assert_eq!(
+            Tpl::build(only_c, &dims, &[], &mut IndexCache::default()).len(),
+            1
+        );
     }
 
     #[test]
@@ -667,7 +752,7 @@ mod tests {
         ];
         let mut spec = NodePoolTemplate::new("default", types);
         spec.limits = Some(Resources::new(10_000, 0).with_extended(NODES_LIMIT, 3));
-        let tpl = Tpl::build(spec, &Dims::default(), &[]);
+        let tpl = Tpl::build(spec, &Dims::default(), &[], &mut IndexCache::default());
         assert_eq!(tpl.limit_dims.len(), 2);
         let mut remaining: Vec<i64> = tpl.limit_dims.iter().map(|(_, a)| *a).collect();
         assert!(tpl.within_limits(1, &remaining));
