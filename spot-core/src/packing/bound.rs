@@ -15,13 +15,19 @@
 //!    only where rounding down makes it tighter than 2 by more than 1%);
 //! 5. at least one bin: `Σ_t x_t ≥ 1` (when there is an item that requests something).
 //!
+//! In 2-4 each capacity `cap_tr` is first rounded down to a multiple of `g_r`, the greatest
+//! common divisor of the requests for `r` (with CPU requests in whole cores, a bin of 15.89
+//! usable cores holds at most 15 cores of items).
+//!
 //! **Why this is a lower bound.** Take any valid packing and set `x_t` to its number of
 //! bins of type `t` and `y_ct` to its number of items of class `c` in those bins. Then 1
 //! holds because every item is in a bin; 2 is the sum over the bins of type `t` of each
 //! bin's capacity check; 3 holds because two items that each take more than half of a
 //! resource cannot share a bin, so each bin of type `t` holds at most one big item for `r`,
 //! whatever their classes; 4 holds because each bin of type `t` holds at most `k_ct` items
-//! of `c`; 5 because items need a bin. The objective equals the packing's cost, so every
+//! of `c`; 5 because items need a bin. Rounding capacities down is safe because a bin's
+//! load for `r` is a sum of requests, hence a multiple of `g_r`, so a load that fits in
+//! `cap_tr` fits in the rounded capacity too. The objective equals the packing's cost, so every
 //! packing is a feasible point and the LP minimum is at most the cheapest packing's cost.
 //! Leaving out dominated types (another type has at least the same capacity everywhere for
 //! no more money) does not change the cheapest packing's cost, since swapping a dominated
@@ -45,6 +51,14 @@ pub fn lower_bound(items: &[Item], types: &[BinType]) -> Result<f64, Error> {
     }
     let scale: Vec<f64> = (0..p.dims)
         .map(|d| (0..p.types()).map(|t| p.cap(t)[d]).max().unwrap_or(1).max(1) as f64)
+        .collect();
+    // Loads are sums of requests, so multiples of the requests' greatest common divisor in
+    // each dimension: a capacity can be rounded down to such a multiple.
+    let divisor: Vec<i64> = (0..p.dims)
+        .map(|d| classes.iter().fold(0, |g, &c| gcd(g, p.req(c)[d])).max(1))
+        .collect();
+    let caps: Vec<Vec<i64>> = (0..p.types())
+        .map(|t| p.cap(t).iter().zip(&divisor).map(|(&c, &g)| c / g * g).collect())
         .collect();
     let mut vars = ProblemVariables::new();
     let x: Vec<Variable> = (0..p.types()).map(|_| vars.add(variable().min(0.0))).collect();
@@ -73,7 +87,7 @@ pub fn lower_bound(items: &[Item], types: &[BinType]) -> Result<f64, Error> {
         constraints.push(sum.eq(p.class_items[c].len() as f64));
     }
     for (t, ys) in y.iter().enumerate() {
-        let cap = p.cap(t);
+        let cap = &caps[t];
         for d in 0..p.dims {
             // 2. Capacity.
             let mut used = Expression::with_capacity(ys.len() + 1);
@@ -102,7 +116,7 @@ pub fn lower_bound(items: &[Item], types: &[BinType]) -> Result<f64, Error> {
         }
         // 4. Per-class counts.
         for &(c, v) in ys {
-            let (whole, exact) = per_bin(&p, c, t);
+            let (whole, exact) = per_bin(p.req(c), cap);
             if whole > 1 && (whole as f64) < 0.99 * exact {
                 let mut count = Expression::with_capacity(2);
                 count.add_mul(1.0, v);
@@ -124,41 +138,26 @@ pub fn lower_bound(items: &[Item], types: &[BinType]) -> Result<f64, Error> {
         .with_all(constraints)
         .solve()
         .map_err(|e| Error::Solver(e.to_string()))?;
-    if std::env::var_os("PACKING_LP_DEBUG").is_some() {
-        for (t, &xt) in x.iter().enumerate() {
-            let v = solution.value(xt);
-            if v > 1e-6 {
-                let ys: Vec<String> = y[t]
-                    .iter()
-                    .filter(|(_, v)| solution.value(*v) > 1e-6)
-                    .map(|&(c, v)| format!("c{c}:{:.2}", solution.value(v)))
-                    .collect();
-                eprintln!(
-                    "LP type {} x={v:.3} price {:.4} cap {:?}: {}",
-                    p.type_index[t],
-                    p.type_price[t],
-                    p.cap(t),
-                    ys.join(" ")
-                );
-            }
-        }
-        eprintln!("LP {} types kept, {} classes", p.types(), p.classes());
-    }
     Ok(solution.eval(&objective))
 }
 
-/// How many items of `class` one bin of type `t` holds: whole (`⌊min_r cap/req⌋`) and as a
-/// fraction (`min_r cap/req`).
-fn per_bin(p: &Problem, class: usize, t: usize) -> (u64, f64) {
+/// How many items with requests `req` one bin of capacity `cap` holds: whole
+/// (`⌊min_r cap/req⌋`) and as a fraction (`min_r cap/req`).
+fn per_bin(req: &[i64], cap: &[i64]) -> (u64, f64) {
     let mut exact = f64::INFINITY;
     let mut whole = u64::MAX;
-    for (&r, &c) in p.req(class).iter().zip(p.cap(t)) {
+    for (&r, &c) in req.iter().zip(cap) {
         if r > 0 {
             exact = exact.min(c as f64 / r as f64);
             whole = whole.min(u64::try_from(c / r).unwrap_or(0));
         }
     }
     (whole, exact)
+}
+
+/// The greatest common divisor (`gcd(0, b) = b`).
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 #[cfg(test)]

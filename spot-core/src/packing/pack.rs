@@ -48,6 +48,14 @@ pub(crate) struct BinState {
 
 /// Above this many (class, type) pairs, every type uses the same class order.
 const PER_TYPE_ORDER_LIMIT: usize = 1 << 20;
+/// A type whose last measured efficiency is within this fraction of the best bin of the
+/// round is measured again (efficiencies drift as items are used up).
+const LAZY_SLACK: f64 = 0.02;
+/// Construction and local search runs, each with values corrected by the previous one.
+const PASSES: usize = 6;
+/// Balanced fills are tried in bins that hold at most this many of the smallest items
+/// (in some resource).
+const BALANCED_MAX_ITEMS: i64 = 128;
 
 /// How a type is filled in one round of the construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +63,11 @@ enum Strategy {
     Slice,
     Largest,
     Affinity,
+    Balanced,
 }
 
-/// Class orders for one construction.
+/// Class orders for one construction, per candidate type (by position in the candidate
+/// list).
 struct Orders {
     /// Per type: the classes that fit it, largest share first. Empty when `global` is used.
     largest: Vec<Vec<u32>>,
@@ -78,6 +88,8 @@ pub(crate) struct Packer<'p> {
     taken: Vec<usize>,
     /// Scratch: remaining items of each class in the construction.
     rem: Vec<usize>,
+    /// Per dimension, the lowest price per unit of any type.
+    pub unit_price: Vec<f64>,
 }
 
 impl<'p> Packer<'p> {
@@ -110,9 +122,19 @@ impl<'p> Packer<'p> {
                 best + 1e-9 * scale * size
             })
             .collect();
+        let unit_price = (0..p.dims)
+            .map(|d| {
+                (0..p.types())
+                    .filter(|&t| p.cap(t)[d] > 0)
+                    .map(|t| p.type_price[t] / p.cap(t)[d] as f64)
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .map(|u| if u.is_finite() { u } else { 0.0 })
+            .collect();
         Packer {
             p,
             value,
+            unit_price,
             price_floor: 1e-12 * scale,
             taken: vec![0; p.classes()],
             rem: vec![0; p.classes()],
@@ -139,16 +161,40 @@ impl<'p> Packer<'p> {
         bins.iter().map(|b| self.p.type_price[b.ty]).sum()
     }
 
-    /// Packs every item: construction, local search, then the items that request nothing
-    /// go into the first bin (or the cheapest type when there is no other bin).
+    /// Packs every item: [`PASSES`] runs of construction and local search, each with item
+    /// values corrected by the previous run (items that ended up in inefficient bins are
+    /// worth more, so the next construction places them earlier); the cheapest run wins.
+    /// Then the items that request nothing go into the first bin (or the cheapest type when
+    /// there is no other bin).
     pub fn solve(&mut self) -> Vec<BinState> {
         let p = self.p;
         let all: Vec<(usize, usize)> = (0..p.classes())
             .filter(|&c| !p.is_empty_class(c))
             .map(|c| (c, p.class_items[c].len()))
             .collect();
-        let mut bins = self.construct(&all);
-        self.improve(&mut bins);
+        let mut best: Option<(f64, Vec<BinState>, Vec<f64>)> = None;
+        for pass in 0..PASSES {
+            let Some(mut bins) = self.construct(&all, f64::INFINITY) else {
+                break;
+            };
+            self.improve(&mut bins, false);
+            let cost = self.cost(&bins);
+            let values = self.value.clone();
+            if pass + 1 < PASSES {
+                self.correct_values(&bins);
+            }
+            if best.as_ref().is_none_or(|(b, _, _)| cost < b * (1.0 - 1e-12)) {
+                best = Some((cost, bins, values));
+            }
+        }
+        let mut bins = match best {
+            Some((_, mut bins, values)) => {
+                self.value = values;
+                self.improve(&mut bins, true);
+                bins
+            }
+            None => Vec::new(),
+        };
         let free: Vec<(usize, usize)> = (0..p.classes())
             .filter(|&c| p.is_empty_class(c))
             .map(|c| (c, p.class_items[c].len()))
@@ -168,6 +214,27 @@ impl<'p> Packer<'p> {
         bins
     }
 
+    /// Sequential value correction: each class's value is multiplied by the square root of
+    /// the mean inverse efficiency of the bins its items ended up in.
+    fn correct_values(&mut self, bins: &[BinState]) {
+        let mut inverse = vec![0.0; self.p.classes()];
+        let mut count = vec![0usize; self.p.classes()];
+        for bin in bins {
+            let efficiency = self.efficiency(bin);
+            if efficiency > 0.0 {
+                for &(c, k) in &bin.content {
+                    inverse[c] += k as f64 / efficiency;
+                    count[c] += k;
+                }
+            }
+        }
+        for (c, value) in self.value.iter_mut().enumerate() {
+            if count[c] > 0 {
+                *value *= (inverse[c] / count[c] as f64).sqrt();
+            }
+        }
+    }
+
     /// A bin holding `content`, of the cheapest type it fits in.
     pub fn right_sized(&self, content: Vec<(usize, usize)>) -> Option<BinState> {
         let mut load = vec![0; self.p.dims];
@@ -178,9 +245,15 @@ impl<'p> Packer<'p> {
         Some(BinState { ty, load, content })
     }
 
-    /// The greedy construction on a pool of (class, count) pairs (see the module
-    /// documentation); the bins are right-sized.
-    pub fn construct(&mut self, pool: &[(usize, usize)]) -> Vec<BinState> {
+    /// The greedy construction on a pool of (class, count) pairs with the types cheaper
+    /// than `max_price` (see the module documentation); the bins are right-sized. `None`
+    /// when some item fits in none of those types.
+    ///
+    /// Types are measured lazily: each round measures types in decreasing order of their
+    /// last measured efficiency and stops at the first one that cannot come within
+    /// [`LAZY_SLACK`] of the best bin found, as efficiencies only drift down as items are
+    /// used up.
+    pub fn construct(&mut self, pool: &[(usize, usize)], max_price: f64) -> Option<Vec<BinState>> {
         let p = self.p;
         let mut active: Vec<usize> = Vec::new();
         for &(c, k) in pool {
@@ -192,7 +265,20 @@ impl<'p> Packer<'p> {
             }
         }
         active.sort_unstable();
-        let orders = self.orders(&active);
+        let types: Vec<usize> = (0..p.types()).filter(|&t| p.type_price[t] < max_price).collect();
+        let orders = self.orders(&active, &types);
+        let strategies: &[Strategy] = if orders.global.is_empty() {
+            &[
+                Strategy::Slice,
+                Strategy::Largest,
+                Strategy::Affinity,
+                Strategy::Balanced,
+            ]
+        } else {
+            &[Strategy::Slice, Strategy::Largest]
+        };
+        let mut stale = self.efficiency_bounds(&active, &types);
+        let mut candidates: Vec<usize> = (0..types.len()).collect();
         let mut bins: Vec<BinState> = Vec::new();
         // (number of bins before, type holding everything left, what was left)
         let mut endings: Vec<(usize, usize, Vec<(usize, usize)>)> = Vec::new();
@@ -207,57 +293,76 @@ impl<'p> Packer<'p> {
                     *m = (*m).min(r);
                 }
             }
-            if let Some(t) = p.cheapest_fit(&totals) {
+            if let Some(t) = types.iter().copied().find(|&t| p.fits(&totals, t)) {
                 let left = active.iter().map(|&c| (c, self.rem[c])).collect();
                 endings.push((bins.len(), t, left));
             }
-            let slice_ratio = totals
+            let totals: Vec<(usize, f64)> = totals
                 .iter()
                 .enumerate()
                 .filter(|(_, total)| **total > 0)
                 .map(|(d, &total)| (d, total as f64))
-                .collect::<Vec<_>>();
-            // (efficiency, value, type)
-            let mut best: Option<(f64, f64, usize)> = None;
-            for t in 0..p.types() {
+                .collect();
+            candidates.sort_by(|&a, &b| stale[b].total_cmp(&stale[a]).then(a.cmp(&b)));
+            // (efficiency, value)
+            let mut best: Option<(f64, f64)> = None;
+            for &i in &candidates {
+                if let Some((e, _)) = best
+                    && stale[i] < e * (1.0 - LAZY_SLACK)
+                {
+                    break;
+                }
+                let t = types[i];
                 let cap = p.cap(t);
-                let s = slice_ratio
+                let s = totals
                     .iter()
                     .map(|&(d, total)| cap[d] as f64 / total)
                     .fold(f64::INFINITY, f64::min);
-                for strategy in [Strategy::Slice, Strategy::Largest, Strategy::Affinity] {
-                    let order: &[u32] = match (strategy, orders.global.is_empty()) {
-                        (_, false) => &orders.global,
-                        (Strategy::Affinity, true) => &orders.affinity[t],
-                        (_, true) => &orders.largest[t],
-                    };
-                    if strategy == Strategy::Affinity && !orders.global.is_empty() {
+                let mut measured: f64 = 0.0;
+                // Balanced fills pay off in bins of few items; slices balance large ones.
+                let small = cap
+                    .iter()
+                    .zip(&min_req)
+                    .filter(|(_, m)| **m > 0)
+                    .any(|(c, m)| c / m <= BALANCED_MAX_ITEMS);
+                for &strategy in strategies {
+                    if strategy == Strategy::Balanced && !small {
                         continue;
                     }
-                    let slice = (strategy == Strategy::Slice).then_some(s);
-                    let value = self.fill(t, slice, order, &active, &min_req, &mut content);
+                    let value = match strategy {
+                        Strategy::Balanced => self.fill_balanced(t, &active, &min_req, &mut content),
+                        Strategy::Slice | Strategy::Largest | Strategy::Affinity => {
+                            let order: &[u32] = match strategy {
+                                _ if !orders.global.is_empty() => &orders.global,
+                                Strategy::Affinity => &orders.affinity[i],
+                                _ => &orders.largest[i],
+                            };
+                            let slice = (strategy == Strategy::Slice).then_some(s);
+                            self.fill(t, slice, order, &active, &min_req, &mut content)
+                        }
+                    };
                     if content.is_empty() {
                         continue;
                     }
                     let efficiency = value / self.divisor(t);
+                    measured = measured.max(efficiency);
                     let better = match best {
                         None => true,
-                        Some((e, v, _)) => {
+                        Some((e, v)) => {
                             efficiency > e * (1.0 + 1e-12)
                                 || (efficiency >= e * (1.0 - 1e-12) && value > v * (1.0 + 1e-12))
                         }
                     };
                     if better {
-                        best = Some((efficiency, value, t));
+                        best = Some((efficiency, value));
                         std::mem::swap(&mut best_content, &mut content);
                     }
                 }
+                stale[i] = measured;
             }
-            let Some(_) = best else {
-                // Unreachable: every class fits some type. Give up on the rest rather than
-                // loop forever.
+            if best.is_none() {
                 break;
-            };
+            }
             let copies = best_content
                 .iter()
                 .map(|&(c, k)| self.rem[c] / k)
@@ -272,8 +377,12 @@ impl<'p> Packer<'p> {
             }
             active.retain(|&c| self.rem[c] > 0);
         }
+        let complete = active.is_empty();
         for &c in &active {
             self.rem[c] = 0;
+        }
+        if !complete {
+            return None;
         }
         // Keep the cheapest ending.
         let mut suffix = vec![0.0; bins.len() + 1];
@@ -292,7 +401,53 @@ impl<'p> Packer<'p> {
             bins.truncate(start);
             bins.extend(self.right_sized(left));
         }
-        bins
+        Some(bins)
+    }
+
+    /// An upper bound on the efficiency of one bin of each type of `types` filled from the
+    /// remaining items of `active` classes: the value of everything left, and for each
+    /// resource every class requests, the fractional knapsack of that resource alone (the
+    /// classes of highest value per unit first, as many as are left and fit).
+    fn efficiency_bounds(&self, active: &[usize], types: &[usize]) -> Vec<f64> {
+        let p = self.p;
+        let total: f64 = active.iter().map(|&c| self.value[c] * self.rem[c] as f64).sum();
+        // Per bounding dimension: the classes by value per unit, highest first.
+        let mut by_density: Vec<(usize, Vec<(usize, f64)>)> = Vec::new();
+        for d in 0..p.dims {
+            if active.iter().any(|&c| p.req(c)[d] == 0) {
+                continue;
+            }
+            let mut classes: Vec<(usize, f64)> = active
+                .iter()
+                .map(|&c| (c, self.value[c] / p.req(c)[d] as f64))
+                .collect();
+            classes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            by_density.push((d, classes));
+        }
+        types
+            .iter()
+            .map(|&t| {
+                let cap = p.cap(t);
+                let mut bound = total;
+                for (d, classes) in &by_density {
+                    let mut room = cap[*d] as f64;
+                    let mut value = 0.0;
+                    for &(c, density) in classes {
+                        if room <= 0.0 {
+                            break;
+                        }
+                        if share(p, c, t).is_none() {
+                            continue;
+                        }
+                        let amount = (p.req(c)[*d] as f64 * self.rem[c] as f64).min(room);
+                        value += amount * density;
+                        room -= amount;
+                    }
+                    bound = bound.min(value);
+                }
+                bound / self.divisor(t) * (1.0 + 1e-9)
+            })
+            .collect()
     }
 
     /// Fills one bin of type `t` from the remaining items; returns the value of its content,
@@ -326,15 +481,10 @@ impl<'p> Packer<'p> {
             }
         }
         for &c in order {
-            let c = c as usize;
-            let full = load
-                .iter()
-                .zip(cap)
-                .zip(min_req)
-                .any(|((l, cap), m)| cap - l < *m);
-            if full {
+            if is_full(&load, cap, min_req) {
                 break;
             }
+            let c = c as usize;
             let avail = self.rem[c] - self.taken[c];
             if avail == 0 {
                 continue;
@@ -348,6 +498,66 @@ impl<'p> Packer<'p> {
                 self.taken[c] += k;
             }
         }
+        self.finish_fill(out)
+    }
+
+    /// Fills one bin of type `t` item by item (in chunks of half of what fits): each
+    /// time the class whose requests best match the free capacity (largest dot product of
+    /// the two, both as fractions of the capacity). Returns the value, as [`Packer::fill`].
+    fn fill_balanced(
+        &mut self,
+        t: usize,
+        active: &[usize],
+        min_req: &[i64],
+        out: &mut Vec<(usize, usize)>,
+    ) -> f64 {
+        let p = self.p;
+        let cap = p.cap(t);
+        let inverse: Vec<f64> = cap
+            .iter()
+            .map(|&c| if c > 0 { 1.0 / c as f64 } else { 0.0 })
+            .collect();
+        let mut load = vec![0i64; p.dims];
+        out.clear();
+        loop {
+            if is_full(&load, cap, min_req) {
+                break;
+            }
+            // (score, class, how many fit)
+            let mut pick: Option<(f64, usize, usize)> = None;
+            for &c in active {
+                let avail = self.rem[c] - self.taken[c];
+                if avail == 0 {
+                    continue;
+                }
+                let room = avail.min(p.room(&load, c, t));
+                if room == 0 {
+                    continue;
+                }
+                let mut score = 0.0;
+                for d in 0..p.dims {
+                    let free = (cap[d] - load[d]) as f64 * inverse[d];
+                    score += p.req(c)[d] as f64 * inverse[d] * free;
+                }
+                if pick.is_none_or(|(s, _, _)| score > s) {
+                    pick = Some((score, c, room));
+                }
+            }
+            let Some((_, c, room)) = pick else {
+                break;
+            };
+            let k = room.div_ceil(2);
+            if self.taken[c] == 0 {
+                out.push((c, 0));
+            }
+            p.add(&mut load, c, k);
+            self.taken[c] += k;
+        }
+        self.finish_fill(out)
+    }
+
+    /// Moves the taken counts into `out` (sorted by class) and returns its value.
+    fn finish_fill(&mut self, out: &mut [(usize, usize)]) -> f64 {
         let mut value = 0.0;
         for (c, k) in out.iter_mut() {
             *k = std::mem::take(&mut self.taken[*c]);
@@ -357,10 +567,10 @@ impl<'p> Packer<'p> {
         value
     }
 
-    /// The class orders of a construction over `active` classes.
-    fn orders(&self, active: &[usize]) -> Orders {
+    /// The class orders of a construction over `active` classes and candidate `types`.
+    fn orders(&self, active: &[usize], types: &[usize]) -> Orders {
         let p = self.p;
-        if active.len().saturating_mul(p.types()) > PER_TYPE_ORDER_LIMIT {
+        if active.len().saturating_mul(types.len()) > PER_TYPE_ORDER_LIMIT {
             let mut global: Vec<u32> = active.iter().map(|&c| c as u32).collect();
             global.sort_by(|&a, &b| {
                 self.value[b as usize]
@@ -373,9 +583,9 @@ impl<'p> Packer<'p> {
                 global,
             };
         }
-        let mut largest = Vec::with_capacity(p.types());
-        let mut affinity = Vec::with_capacity(p.types());
-        for t in 0..p.types() {
+        let mut largest = Vec::with_capacity(types.len());
+        let mut affinity = Vec::with_capacity(types.len());
+        for &t in types {
             let shares: Vec<(u32, f64)> = active
                 .iter()
                 .filter_map(|&c| share(p, c, t).map(|s| (c as u32, s)))
@@ -397,6 +607,12 @@ impl<'p> Packer<'p> {
             global: Vec::new(),
         }
     }
+}
+
+/// Whether no remaining item can fit any more: some dimension has less room than the
+/// smallest request of every remaining class.
+fn is_full(load: &[i64], cap: &[i64], min_req: &[i64]) -> bool {
+    load.iter().zip(cap).zip(min_req).any(|((l, c), m)| c - l < *m)
 }
 
 /// The largest fraction of a resource of type `t` one item of `class` takes, or `None`

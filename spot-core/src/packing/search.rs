@@ -1,7 +1,8 @@
 //! Local search after the greedy construction of [`pack`](super::pack).
 //!
 //! Rounds of moves, each kept only when it lowers the total price, until a round changes
-//! nothing (or after [`MAX_ROUNDS`]):
+//! nothing (or after [`MAX_ROUNDS`]; a quick search does [`QUICK_ROUNDS`] rounds of the
+//! first three moves):
 //! - *right-size*: every bin becomes the cheapest type its items fit in;
 //! - *empty*: the least efficient bins are emptied into the headroom of the others (their
 //!   types unchanged), saving the emptied bin's price;
@@ -9,7 +10,8 @@
 //!   construction, or one bin of the cheapest type holding them all). Groups are the `k`
 //!   least efficient bins for growing `k` (merges), every pair of the least efficient bins,
 //!   and every single bin (splits into cheaper bins; bins with the same content are tried
-//!   once).
+//!   once). A group is left alone when its cost is within [`MIN_GAIN`] of a quick lower
+//!   bound (each resource at the lowest price per unit).
 //!
 //! Bins are ranked by efficiency (value of their items over their price, see
 //! [`pack`](super::pack)), least efficient first, ties by position.
@@ -20,28 +22,50 @@ use super::pack::{BinState, Packer};
 
 /// At most this many rounds of moves.
 const MAX_ROUNDS: usize = 12;
+/// Rounds of the quick search.
+const QUICK_ROUNDS: usize = 3;
+/// Groups whose cost is within this fraction of their lower bound are not re-packed.
+const MIN_GAIN: f64 = 1e-3;
 /// The emptying move tries this many of the least efficient bins.
 const EMPTY_CANDIDATES: usize = 64;
 /// Group sizes of the re-pack move.
 const GROUP_SIZES: [usize; 10] = [2, 3, 4, 6, 8, 12, 16, 24, 32, 48];
 /// Pairs are taken among this many of the least efficient bins.
-const PAIR_CANDIDATES: usize = 16;
+const PAIR_CANDIDATES: usize = 12;
 
 impl Packer<'_> {
     /// Improves a packing in place (see the module documentation).
-    pub(crate) fn improve(&mut self, bins: &mut Vec<BinState>) {
+    /// A quick search (`thorough == false`) only right-sizes, empties and re-packs groups,
+    /// for a few rounds.
+    pub(crate) fn improve(&mut self, bins: &mut Vec<BinState>, thorough: bool) {
         let mut tried_alone: HashSet<(usize, Vec<(usize, usize)>)> = HashSet::new();
-        for _ in 0..MAX_ROUNDS {
+        let rounds = if thorough { MAX_ROUNDS } else { QUICK_ROUNDS };
+        for _ in 0..rounds {
             let before = self.cost(bins);
             self.right_size_all(bins);
             self.empty_into_headroom(bins);
             self.repack_groups(bins);
-            self.repack_pairs(bins);
-            self.repack_singles(bins, &mut tried_alone);
+            if thorough {
+                self.repack_pairs(bins);
+                self.repack_singles(bins, &mut tried_alone);
+            }
             if self.cost(bins) >= before - 1e-9 * before.abs() {
                 break;
             }
         }
+    }
+
+    /// A lower bound on the cost of any packing of `content`: for each resource, its total
+    /// at the lowest price per unit any type offers.
+    fn fluid_bound(&self, content: &[(usize, usize)]) -> f64 {
+        let mut load = vec![0; self.p.dims];
+        for &(c, k) in content {
+            self.p.add(&mut load, c, k);
+        }
+        load.iter()
+            .zip(&self.unit_price)
+            .map(|(&l, &u)| l as f64 * u)
+            .fold(0.0, f64::max)
     }
 
     /// Every bin becomes the cheapest type its load fits in.
@@ -69,6 +93,9 @@ impl Packer<'_> {
         let p = self.p;
         let order = self.ranked(bins);
         let mut removed = vec![false; bins.len()];
+        // Tentative loads of the bins touched while trying one victim: slot[bin] indexes
+        // `loads`.
+        let mut slot = vec![usize::MAX; bins.len()];
         let mut any = false;
         for &victim in order.iter().take(EMPTY_CANDIDATES) {
             // Tentative moves: (target bin, class, count).
@@ -85,14 +112,11 @@ impl Packer<'_> {
                     if target == victim || removed[target] {
                         continue;
                     }
-                    let slot = match loads.iter().position(|(b, _)| *b == target) {
-                        Some(slot) => slot,
-                        None => {
-                            loads.push((target, bins[target].load.clone()));
-                            loads.len() - 1
-                        }
-                    };
-                    let load = &mut loads[slot].1;
+                    if slot[target] == usize::MAX {
+                        slot[target] = loads.len();
+                        loads.push((target, bins[target].load.clone()));
+                    }
+                    let load = &mut loads[slot[target]].1;
                     let k = p.room(load, class, bins[target].ty).min(left);
                     if k > 0 {
                         p.add(load, class, k);
@@ -104,6 +128,9 @@ impl Packer<'_> {
                     complete = false;
                     break;
                 }
+            }
+            for (target, _) in &loads {
+                slot[*target] = usize::MAX;
             }
             if !complete {
                 continue;
@@ -145,8 +172,14 @@ impl Packer<'_> {
                 _ => merged.push((class, count)),
             }
         }
-        let greedy = self.construct(&merged);
-        let mut best = (self.cost(&greedy), greedy);
+        if self.fluid_bound(&merged) >= old * (1.0 - MIN_GAIN) {
+            return false;
+        }
+        // Only types cheaper than the bins replaced can be part of a cheaper answer.
+        let mut best = match self.construct(&merged, old) {
+            Some(greedy) => (self.cost(&greedy), greedy),
+            None => (f64::INFINITY, Vec::new()),
+        };
         if let Some(single) = self.right_sized(merged)
             && p.type_price[single.ty] < best.0
         {
@@ -258,12 +291,12 @@ mod tests {
         let mut packer = Packer::new(&p);
         // Four single-item bins of the largest type: right-size, then merge into one.
         let mut bins: Vec<BinState> = (0..4).map(|_| state(&packer, vec![(0, 1)], 2)).collect();
-        packer.improve(&mut bins);
+        packer.improve(&mut bins, true);
         assert_eq!(bins.len(), 1);
         assert!((packer.cost(&bins) - 0.25).abs() < 1e-12);
         // A half-empty large bin splits into... nothing cheaper than 0.15 for two items.
         let mut bins = vec![state(&packer, vec![(0, 2)], 2)];
-        packer.improve(&mut bins);
+        packer.improve(&mut bins, true);
         assert!((packer.cost(&bins) - 0.15).abs() < 1e-12, "{bins:?}");
         // One item moves into another bin's headroom.
         let mut bins = vec![state(&packer, vec![(0, 3)], 2), state(&packer, vec![(0, 1)], 0)];
