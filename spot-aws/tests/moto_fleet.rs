@@ -304,7 +304,13 @@ async fn describe_leaves_unknown_ids_out_and_terminate_is_idempotent() -> Result
     let described = setup.fleet.describe(&asked).await?;
     let described_ids: Vec<&str> = described.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(described_ids, [ids[1].as_str(), ids[0].as_str()]);
-    assert!(setup.fleet.describe(std::slice::from_ref(&unknown)).await?.is_empty());
+    assert!(
+        setup
+            .fleet
+            .describe(std::slice::from_ref(&unknown))
+            .await?
+            .is_empty()
+    );
     assert!(setup.fleet.describe(&[]).await?.is_empty());
 
     // An unknown id among known ones: the known ones are still terminated.
