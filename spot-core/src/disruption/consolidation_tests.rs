@@ -13,7 +13,7 @@ use crate::disruption::candidate::Pdbs;
 use crate::disruption::cluster::PoolPolicy;
 use crate::instance_type::Offering;
 use crate::labels;
-use crate::pod::{LabelSelector, PodAffinityTerm, PodSpec};
+use crate::pod::{LabelSelector, PodAffinityTerm, PodSpec, TopologySpread, WhenUnsatisfiable};
 use crate::requirements::{Operator, Requirement};
 use crate::resources::Resources;
 use crate::scheduling::{ExistingNode, InstanceTypeOption, NodePoolTemplate};
@@ -100,9 +100,22 @@ impl Builder {
         }
     }
 
-    /// Adds a node of `type_name` from the pool (first zone) with these pods; returns its name.
+    /// Adds a node of `type_name` from the pool (first zone) with these pods.
     fn node(
         &mut self,
+        name: &str,
+        pool: &str,
+        type_name: &str,
+        capacity_type: CapacityType,
+        pods: &[Arc<PodSpec>],
+    ) {
+        self.node_in(ZONES[0], name, pool, type_name, capacity_type, pods);
+    }
+
+    /// Adds a node in a zone.
+    fn node_in(
+        &mut self,
+        zone: &str,
         name: &str,
         pool: &str,
         type_name: &str,
@@ -115,7 +128,6 @@ impl Builder {
             .iter()
             .find(|t| t.name() == type_name)
             .unwrap();
-        let zone = ZONES[0];
         let price = option
             .offerings
             .iter()
@@ -885,4 +897,66 @@ fn bench_shape_clusters_are_consistent() {
     let evaluations =
         Consolidator::new(&cluster, &options, crate::disruption::bench_shape::NOW).single_node_evaluations();
     assert!(evaluations.iter().any(|e| e.result.is_ok()));
+}
+
+#[test]
+fn zone_spread_counts_pods_on_every_node() {
+    let spread = |name: &str| {
+        let mut p = (*pod(name, 300)).clone();
+        p.topology_spread.push(TopologySpread {
+            topology_key: labels::ZONE.into(),
+            max_skew: 1,
+            min_domains: None,
+            when_unsatisfiable: WhenUnsatisfiable::DoNotSchedule,
+            selector: LabelSelector::labels([("app", "web")]),
+        });
+        Arc::new(p)
+    };
+    let build = |b_web: usize| {
+        let mut b = Builder::new(vec![template("od", m5(), &["on-demand"])]);
+        b.node_in(
+            ZONES[0],
+            "candidate",
+            "od",
+            "m5.2xlarge",
+            CapacityType::OnDemand,
+            &[spread("web-1")],
+        );
+        let full: Vec<Arc<PodSpec>> = (0..b_web)
+            .map(|i| spread(&format!("web-{}", i + 2)))
+            .chain([pod("db-1", 2000 - 300 * b_web as i64)])
+            .collect();
+        b.node_in(
+            ZONES[1],
+            "b-full",
+            "od",
+            "m5.large",
+            CapacityType::OnDemand,
+            &full,
+        );
+        b.node_in(
+            ZONES[1],
+            "b-roomy",
+            "od",
+            "m5.xlarge",
+            CapacityType::OnDemand,
+            &[pod("api-1", 500)],
+        );
+        let mut cluster = b.build();
+        cluster.candidates.retain(|c| c.node_name == "candidate");
+        cluster
+    };
+    // Zone b holds no web pod: web-1 may move there, and the candidate goes.
+    let free = build(0);
+    assert_eq!(
+        result(&single(&free), "candidate").as_ref().unwrap().decision(),
+        Decision::Delete
+    );
+    // Zone b holds two (on a full node the simulation only keeps for counting): moving
+    // web-1 there would make the skew 3, so it needs a node in zone a, a cheaper one.
+    let skewed = build(2);
+    let cmd = result(&single(&skewed), "candidate").clone().unwrap();
+    assert_eq!(cmd.decision(), Decision::Replace);
+    let zone = cmd.replacement().unwrap().requirements.get(labels::ZONE).unwrap();
+    assert!(zone.has(ZONES[0]) && !zone.has(ZONES[1]), "{zone}");
 }

@@ -26,7 +26,13 @@
 //!    scheduler is given just those nodes (and the uninitialized ones, whose use invalidates
 //!    a decision); soft constraints are then weighed over those nodes.
 //!
-//! Only then does the full scheduler run, on the cluster without the candidates.
+//! Only then does the full scheduler run, on the cluster without the candidates. Nodes no
+//! moving pod fits on even alone still matter there only for topology, so they are handed
+//! over as *skeletons*: no free capacity, the labels topology and node affinity look at, and
+//! the bound pods the moving pods' spread and affinity terms select (and those with
+//! anti-affinity on a key other than the hostname). Skeletons with the same labels merge
+//! into one per domain, except where a hostname spread constraint compares nodes one by
+//! one. Counts, domains and inverse anti-affinity stay exact at a fraction of the cost.
 //!
 //! Consolidation never replaces nodes with more than one new node, so its simulations give
 //! every NodePool a limit of one more node: the scheduler then looks for a placement that
@@ -39,7 +45,7 @@ use std::sync::Arc;
 
 use super::candidate::{Candidate, is_reschedulable};
 use super::cluster::{ClusterState, ConsolidationOptions};
-use super::replacement::{NoOp, offering_allowed};
+use super::replacement::{NoOp, offering_allowed, worst_launch_price};
 use crate::instance_type::CapacityType;
 use crate::labels;
 use crate::node::Taint;
@@ -102,8 +108,12 @@ struct Entry {
     counted_by: Vec<usize>,
     /// The node it is bound to now (a candidate's), if any.
     origin: Option<usize>,
+    /// Its topology terms' selectors (indices into the selector table).
+    selectors: Vec<usize>,
     /// Whether it constrains the capacity type in any way.
     capacity_type: bool,
+    /// Whether it constrains the zone in any way.
+    zone: bool,
     /// Its required hostname anti-affinity terms (indices into the term table).
     own_terms: Vec<usize>,
     /// The hostname anti-affinity terms that select it.
@@ -162,6 +172,30 @@ struct SpreadGroup {
     domains: Vec<String>,
 }
 
+/// A topology term's selector (spread, affinity or anti-affinity of a moving pod) and the
+/// bound pods it selects.
+#[derive(Debug, Clone)]
+struct Selector {
+    term: PodAffinityTerm,
+    /// The namespace of the pod with the term.
+    namespace: String,
+    /// What skeletons keep of the pods it selects.
+    keep: Keep,
+    /// (node index, pod) of every bound pod the term selects.
+    pods: Vec<(usize, Arc<PodSpec>)>,
+}
+
+/// What skeleton nodes keep of the pods a moving pod's term selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Nothing: a hostname term only concerns nodes the pod may land on.
+    Nothing,
+    /// Per domain: skeletons with the same topology labels are merged.
+    Merged,
+    /// Per node: a hostname spread constraint compares every node's count.
+    PerNode,
+}
+
 /// The simulation, prepared for one cluster state.
 pub struct Simulator<'c> {
     cluster: &'c ClusterState,
@@ -186,6 +220,17 @@ pub struct Simulator<'c> {
     /// The templates with at most one more node each: a consolidation can use one new node
     /// only, so its simulations ask whether one suffices.
     one_node_templates: Vec<NodePoolTemplate>,
+    /// The moving pods' topology selectors and the bound pods each selects, by node.
+    selectors: Vec<Selector>,
+    /// Per node (by index): its skeleton without pods.
+    skeletons: Vec<ExistingNode>,
+    /// Per node: its skeleton group (nodes with the same topology labels, taints and state).
+    skeleton_group: Vec<usize>,
+    /// Per skeleton group: the merged skeleton without pods.
+    group_skeletons: Vec<ExistingNode>,
+    /// Nodes with bound pods that have anti-affinity on a key other than the hostname, and
+    /// those pods (kept on skeletons: they may bar moving pods from a whole domain).
+    anti_owners: Vec<(usize, Vec<Arc<PodSpec>>)>,
     /// Normalized node labels.
     node_labels: Vec<BTreeMap<String, String>>,
     stats: Cell<Stats>,
@@ -214,20 +259,15 @@ fn terms_match(terms: &[Requirements], labels: &BTreeMap<String, String>) -> boo
         })
 }
 
-/// Whether the pod says anything about the capacity type.
-fn mentions_capacity_type(pod: &PodSpec) -> bool {
-    let in_reqs = |r: &Requirements| r.get(labels::CAPACITY_TYPE).is_some();
+/// Whether the pod says anything about a node label: in its node affinity, or as the key of
+/// a spread constraint or a pod affinity term.
+fn mentions(pod: &PodSpec, key: &str) -> bool {
+    let in_reqs = |r: &Requirements| r.get(key).is_some();
     pod.node_requirements.iter().any(in_reqs)
         || pod.preferred_node_affinity.iter().any(|(_, r)| in_reqs(r))
-        || pod
-            .topology_spread
+        || pod_terms(pod)
             .iter()
-            .any(|t| t.topology_key == labels::CAPACITY_TYPE)
-        || pod
-            .pod_affinity
-            .iter()
-            .chain(&pod.pod_anti_affinity)
-            .any(|t| t.topology_key == labels::CAPACITY_TYPE)
+            .any(|t| labels::normalize(&t.topology_key) == key)
 }
 
 fn add(sum: &Resources, more: &Resources) -> Resources {
@@ -406,6 +446,133 @@ impl<'c> Simulator<'c> {
             }
         }
 
+        // The moving pods' topology terms (spread as a term on its own namespace), with the
+        // bound pods each selects; and what skeleton nodes keep.
+        let mut selector_index: HashMap<String, usize> = HashMap::new();
+        let mut selectors: Vec<Selector> = Vec::new();
+        let mut keys: BTreeSet<String> = [
+            labels::ZONE,
+            labels::REGION,
+            labels::HOSTNAME,
+            labels::NODE_POOL,
+            labels::CAPACITY_TYPE,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        keys.extend(
+            zonal
+                .iter()
+                .map(|(_, t)| labels::normalize(&t.topology_key).to_owned()),
+        );
+        for pod in &movable {
+            let hard_hostname: Vec<PodAffinityTerm> = pod
+                .topology_spread
+                .iter()
+                .filter(|c| {
+                    c.when_unsatisfiable == WhenUnsatisfiable::DoNotSchedule
+                        && labels::normalize(&c.topology_key) == labels::HOSTNAME
+                })
+                .map(|c| spread_term(pod, c))
+                .collect();
+            for term in pod_terms(pod) {
+                let topology_key = labels::normalize(&term.topology_key).to_owned();
+                let keep = if topology_key != labels::HOSTNAME {
+                    Keep::Merged
+                } else if hard_hostname.contains(&term) {
+                    Keep::PerNode
+                } else {
+                    Keep::Nothing
+                };
+                keys.insert(topology_key);
+                let key = table_key(&pod.namespace, &term);
+                match selector_index.get(&key) {
+                    Some(&at) => {
+                        if keep == Keep::PerNode {
+                            selectors[at].keep = Keep::PerNode;
+                        }
+                    }
+                    None => {
+                        selector_index.insert(key, selectors.len());
+                        selectors.push(Selector {
+                            term,
+                            namespace: pod.namespace.clone(),
+                            keep,
+                            pods: Vec::new(),
+                        });
+                    }
+                }
+            }
+            let affinity = pod
+                .node_requirements
+                .iter()
+                .chain(pod.preferred_node_affinity.iter().map(|(_, r)| r));
+            keys.extend(affinity.flat_map(|r| r.keys().map(str::to_owned).collect::<Vec<_>>()));
+        }
+        let mut anti_owners = Vec::new();
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let mut owners = Vec::new();
+            for pod in &node.pods {
+                for selector in selectors.iter_mut().filter(|s| s.keep != Keep::Nothing) {
+                    if selector.term.selects(&selector.namespace, pod) {
+                        selector.pods.push((i, pod.clone()));
+                    }
+                }
+                if pod
+                    .pod_anti_affinity
+                    .iter()
+                    .any(|t| labels::normalize(&t.topology_key) != labels::HOSTNAME)
+                {
+                    owners.push(pod.clone());
+                }
+            }
+            if !owners.is_empty() {
+                anti_owners.push((i, owners));
+            }
+        }
+        let skeletons: Vec<ExistingNode> = cluster
+            .nodes
+            .iter()
+            .zip(&node_labels)
+            .map(|(node, labels)| ExistingNode {
+                name: node.name.clone(),
+                labels: labels
+                    .iter()
+                    .filter(|(k, _)| keys.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                taints: node.taints.clone(),
+                allocatable: Resources::default(),
+                pods: Vec::new(),
+                initialized: node.initialized,
+                nodepool: node.nodepool.clone(),
+                in_flight: None,
+            })
+            .collect();
+        let mut group_index: HashMap<String, usize> = HashMap::new();
+        let mut group_skeletons: Vec<ExistingNode> = Vec::new();
+        let skeleton_group: Vec<usize> = skeletons
+            .iter()
+            .map(|sk| {
+                let mut labels = sk.labels.clone();
+                labels.remove(labels::HOSTNAME);
+                let key = table_key(
+                    &format!("{labels:?}"),
+                    &(&sk.taints, sk.initialized, &sk.nodepool),
+                );
+                *group_index.entry(key).or_insert_with(|| {
+                    let name = format!("skeleton-{:04}", group_skeletons.len());
+                    labels.insert(labels::HOSTNAME.to_owned(), name.clone());
+                    group_skeletons.push(ExistingNode {
+                        name,
+                        labels,
+                        ..sk.clone()
+                    });
+                    group_skeletons.len() - 1
+                })
+            })
+            .collect();
+
         let mut classes: HashMap<String, usize> = HashMap::new();
         let mut class_pods: Vec<Arc<PodSpec>> = Vec::new();
         let mut entry = |pod: &Arc<PodSpec>| {
@@ -461,13 +628,19 @@ impl<'c> Simulator<'c> {
                     .iter()
                     .all(|t| t.topology_key == labels::HOSTNAME)
                 && !zonal.iter().any(|(ns, t)| t.selects(ns, &pod));
+            let selectors = pod_terms(&pod)
+                .iter()
+                .filter_map(|t| selector_index.get(&table_key(&pod.namespace, t)).copied())
+                .collect();
             Entry {
+                selectors,
                 origin,
                 reducible: local && !hard_spread,
                 local,
                 spreads: own_spreads,
                 counted_by,
-                capacity_type: mentions_capacity_type(&pod),
+                capacity_type: mentions(&pod, labels::CAPACITY_TYPE),
+                zone: mentions(&pod, labels::ZONE),
                 class,
                 own_terms,
                 selected_by,
@@ -514,6 +687,11 @@ impl<'c> Simulator<'c> {
             spreads,
             node_labels,
             one_node_templates: cluster.templates.iter().map(one_more_node).collect(),
+            selectors,
+            skeletons,
+            skeleton_group,
+            group_skeletons,
+            anti_owners,
             stats: Cell::new(Stats::default()),
         }
     }
@@ -575,30 +753,86 @@ impl<'c> Simulator<'c> {
         }
 
         let all_reducible = all.iter().all(|e| e.reducible);
-        let nodes: Vec<ExistingNode> = if all_reducible {
-            self.count(|s| s.reduced += 1);
-            let mut relevant = vec![false; self.nodes.len()];
-            for e in &all {
-                for &i in &self.class_nodes[e.class] {
-                    if !removed[i] && !relevant[i] && e.pod.requests.fits_in(&self.nodes[i].headroom) {
-                        relevant[i] = true;
-                    }
+        // Nodes some moving pod fits on alone (resources, labels, taints).
+        let mut relevant = vec![false; self.nodes.len()];
+        for e in &all {
+            for &i in &self.class_nodes[e.class] {
+                if !removed[i] && !relevant[i] && e.pod.requests.fits_in(&self.nodes[i].headroom) {
+                    relevant[i] = true;
                 }
             }
+        }
+        let full = |i: usize| !removed[i] && (relevant[i] || self.nodes[i].uninitialized);
+        let nodes: Vec<ExistingNode> = if all_reducible {
+            self.count(|s| s.reduced += 1);
             self.order
                 .iter()
                 .enumerate()
-                .filter(|&(_, &i)| !removed[i] && (relevant[i] || self.nodes[i].uninitialized))
+                .filter(|&(_, &i)| full(i))
                 .map(|(at, _)| self.sched_nodes[at].clone())
                 .collect()
         } else {
             self.count(|s| s.full += 1);
-            self.order
+            let mut needed: Vec<usize> = all.iter().flat_map(|e| e.selectors.iter().copied()).collect();
+            needed.sort_unstable();
+            needed.dedup();
+            needed.retain(|&g| self.selectors[g].keep != Keep::Nothing);
+            let skeleton = |i: usize| !removed[i] && !full(i);
+            // Nodes a hostname spread constraint counts keep a skeleton of their own; the
+            // others merge by topology labels.
+            let mut own: BTreeMap<usize, Vec<Arc<PodSpec>>> = BTreeMap::new();
+            for &g in &needed {
+                if self.selectors[g].keep == Keep::PerNode {
+                    for (i, _) in &self.selectors[g].pods {
+                        if skeleton(*i) {
+                            own.entry(*i).or_default();
+                        }
+                    }
+                }
+            }
+            let mut merged: BTreeMap<usize, Vec<Arc<PodSpec>>> = BTreeMap::new();
+            for i in (0..self.nodes.len()).filter(|&i| skeleton(i) && !own.contains_key(&i)) {
+                merged.entry(self.skeleton_group[i]).or_default();
+            }
+            let mut put = |i: usize, pods: &mut dyn Iterator<Item = Arc<PodSpec>>| match own.get_mut(&i) {
+                Some(list) => list.extend(pods),
+                None => merged.entry(self.skeleton_group[i]).or_default().extend(pods),
+            };
+            for &g in &needed {
+                for (i, pod) in &self.selectors[g].pods {
+                    if skeleton(*i) {
+                        put(*i, &mut std::iter::once(pod.clone()));
+                    }
+                }
+            }
+            for (i, owners) in &self.anti_owners {
+                if skeleton(*i) {
+                    put(*i, &mut owners.iter().cloned());
+                }
+            }
+            let with_pods = |mut node: ExistingNode, mut pods: Vec<Arc<PodSpec>>| {
+                pods.sort_by(|a, b| a.uid.cmp(&b.uid));
+                pods.dedup_by(|a, b| a.uid == b.uid);
+                node.pods = pods;
+                node
+            };
+            let mut nodes: Vec<ExistingNode> = self
+                .order
                 .iter()
                 .enumerate()
-                .filter(|&(_, &i)| !removed[i])
+                .filter(|&(_, &i)| full(i))
                 .map(|(at, _)| self.sched_nodes[at].clone())
-                .collect()
+                .collect();
+            nodes.extend(
+                own.into_iter()
+                    .map(|(i, pods)| with_pods(self.skeletons[i].clone(), pods)),
+            );
+            nodes.extend(
+                merged
+                    .into_iter()
+                    .map(|(g, pods)| with_pods(self.group_skeletons[g].clone(), pods)),
+            );
+            nodes
         };
         let templates = if bound.is_some() {
             &self.one_node_templates
@@ -779,6 +1013,11 @@ impl<'c> Simulator<'c> {
         let floor = bound.spot_floor.filter(|_| {
             !moved.iter().any(|e| e.capacity_type) && !self.pending.iter().any(|e| e.capacity_type)
         });
+        // When no pod narrows the zone or capacity type, the replacement keeps its NodePool's,
+        // and a type qualifies only if its worst launch price under them is below the bound
+        // (what the replacement rules check); otherwise any cheaper offering might be the one.
+        let pinned = |e: &&Entry| e.zone || e.capacity_type;
+        let exact = !moved.iter().any(pinned) && !self.pending.iter().any(|e| pinned(&e));
         let mut cheaper: BTreeSet<&str> = BTreeSet::new();
         let mut spot_cheaper: BTreeSet<&str> = BTreeSet::new();
         let mut floor_applies = floor.is_some();
@@ -796,8 +1035,18 @@ impl<'c> Simulator<'c> {
             {
                 floor_applies = false;
             }
+            let spot_reqs = spot_only(reqs);
             for option in &template.instance_types {
                 if bound.excluded.contains(option.name()) || !need.fits_in(&option.allocatable) {
+                    continue;
+                }
+                if exact {
+                    if worst_launch_price(option, reqs).is_some_and(|p| p < bound.cap) {
+                        cheaper.insert(option.name());
+                    }
+                    if worst_launch_price(option, &spot_reqs).is_some_and(|p| p < bound.cap) {
+                        spot_cheaper.insert(option.name());
+                    }
                     continue;
                 }
                 for offering in option
@@ -824,6 +1073,42 @@ impl<'c> Simulator<'c> {
             _ => None,
         }
     }
+}
+
+/// A spread constraint as a term on the pod's namespace.
+fn spread_term(pod: &PodSpec, c: &crate::pod::TopologySpread) -> PodAffinityTerm {
+    PodAffinityTerm {
+        topology_key: c.topology_key.clone(),
+        selector: c.selector.clone(),
+        namespaces: vec![pod.namespace.clone()],
+    }
+}
+
+/// A pod's topology terms: spread constraints (as terms on the pod's namespace) and its
+/// required and preferred pod affinity and anti-affinity terms.
+fn pod_terms(pod: &PodSpec) -> Vec<PodAffinityTerm> {
+    let spread = pod.topology_spread.iter().map(|c| spread_term(pod, c));
+    let terms = pod
+        .pod_affinity
+        .iter()
+        .chain(&pod.pod_anti_affinity)
+        .chain(pod.preferred_pod_affinity.iter().map(|(_, t)| t))
+        .chain(pod.preferred_pod_anti_affinity.iter().map(|(_, t)| t))
+        .cloned();
+    spread.chain(terms).collect()
+}
+
+/// The requirements narrowed to spot capacity.
+fn spot_only(reqs: &Requirements) -> Requirements {
+    let mut reqs = reqs.clone();
+    if let Ok(spot) = crate::requirements::Requirement::new(
+        labels::CAPACITY_TYPE,
+        crate::requirements::Operator::In,
+        [CapacityType::Spot.as_str()],
+    ) {
+        reqs.add(spot);
+    }
+    reqs
 }
 
 /// The template with its node limit capped at one more node.
