@@ -281,7 +281,7 @@ impl<'p> Packer<'p> {
         let mut candidates: Vec<usize> = (0..types.len()).collect();
         let mut bins: Vec<BinState> = Vec::new();
         // (number of bins before, type holding everything left, what was left)
-        let mut endings: Vec<(usize, usize, Vec<(usize, usize)>)> = Vec::new();
+        let mut endings: Vec<Ending> = Vec::new();
         let mut content = Vec::new();
         let mut best_content = Vec::new();
         while !active.is_empty() {
@@ -611,6 +611,10 @@ impl<'p> Packer<'p> {
 
 /// Whether no remaining item can fit any more: some dimension has less room than the
 /// smallest request of every remaining class.
+
+/// A way to finish a bin: (type, cost rank, (class, count) taken).
+type Ending = (usize, usize, Vec<(usize, usize)>);
+
 fn is_full(load: &[i64], cap: &[i64], min_req: &[i64]) -> bool {
     load.iter().zip(cap).zip(min_req).any(|((l, c), m)| c - l < *m)
 }
