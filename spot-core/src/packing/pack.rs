@@ -26,6 +26,9 @@
 
 use super::model::{BinType, Error, Item, Packing, Problem};
 
+/// A way to finish a bin: (type, cost rank, (class, count) taken).
+type Ending = (usize, usize, Vec<(usize, usize)>);
+
 /// Packs `items` into bins of `types` to minimise the total price (see the module
 /// documentation). Deterministic: the same input gives the same answer. Fails when an item
 /// fits in no type (the error names it), or on invalid input (negative amounts, a price that
@@ -611,10 +614,6 @@ impl<'p> Packer<'p> {
 
 /// Whether no remaining item can fit any more: some dimension has less room than the
 /// smallest request of every remaining class.
-
-/// A way to finish a bin: (type, cost rank, (class, count) taken).
-type Ending = (usize, usize, Vec<(usize, usize)>);
-
 fn is_full(load: &[i64], cap: &[i64], min_req: &[i64]) -> bool {
     load.iter().zip(cap).zip(min_req).any(|((l, c), m)| c - l < *m)
 }
