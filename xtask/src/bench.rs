@@ -11,6 +11,8 @@
 //! - `bench_kube_sim` (spot-k8s/examples/bench_kube_sim.rs): list and patch throughput.
 //! - Idle RSS of the `spot-nth imds` and `spot-nth queue` processes against spot-kube-sim,
 //!   spot-imds-sim and moto, and the release binary's size.
+//! - `bench_provisioning` (spot-core/examples/bench_provisioning.rs, built apart with `lp`):
+//!   scheduling, packing and consolidation figures, see `bench/provisioning.rs`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -22,6 +24,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::moto::Moto;
+
+mod provisioning;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
@@ -241,6 +245,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     );
     // (d) Binary size.
     figures.extend(binary_size(&release.join("spot-nth")));
+    // (e) Scheduling, packing and consolidation.
+    figures.extend(provisioning::figures(root, args.quick, args.no_build));
 
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
