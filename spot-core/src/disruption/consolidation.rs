@@ -1,6 +1,8 @@
 //! The disruption methods and their commands, after Karpenter's disruption controller
 //! (`karpenter.md` §3): per loop the first method that finds something acts, in the order
-//! [`emptiness`], [`drift`], [`multi_node`], [`single_node`] ([`compute_commands`]).
+//! [`emptiness`], [drift](Consolidator::drift), [multi-node](Consolidator::multi_node),
+//! [single-node](Consolidator::single_node) ([`compute_commands`]). [`expiration`] runs on
+//! its own, as Karpenter's expiration controller.
 //!
 //! - **Emptiness**: every empty, consolidatable candidate the budgets allow, in one delete.
 //! - **Drift**: empty drifted candidates in one delete; otherwise the oldest drifted node
@@ -198,6 +200,23 @@ pub fn emptiness(cluster: &ClusterState, now: OffsetDateTime) -> Option<Command>
         }
     }
     (!taken.is_empty()).then(|| delete(Reason::Empty, &taken))
+}
+
+/// Expiration: every node whose `expireAfter` has passed, in one delete command (oldest
+/// first). As in Karpenter, budgets and `do-not-disrupt` do not hold expiration back (the
+/// drain still honours PodDisruptionBudgets until the termination grace period ends), so pass
+/// every node here, not only those [`ClusterState::retain_disruptable`] keeps.
+pub fn expiration(candidates: &[Candidate], now: OffsetDateTime) -> Option<Command> {
+    let mut expired: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| !c.deleting && super::drift::expired(c.created, c.expire_after, now))
+        .collect();
+    expired.sort_by(|a, b| {
+        a.created
+            .cmp(&b.created)
+            .then_with(|| a.node_name.cmp(&b.node_name))
+    });
+    (!expired.is_empty()).then(|| delete(Reason::Expired, &expired))
 }
 
 /// The shared state of the consolidation methods for one loop.

@@ -960,3 +960,74 @@ fn zone_spread_counts_pods_on_every_node() {
     let zone = cmd.replacement().unwrap().requirements.get(labels::ZONE).unwrap();
     assert!(zone.has(ZONES[0]) && !zone.has(ZONES[1]), "{zone}");
 }
+
+#[test]
+fn expiration_ignores_budgets_and_blocks() {
+    let mut b = Builder::new(vec![template("od", m5(), &["on-demand"])]);
+    b.node(
+        "young",
+        "od",
+        "m5.large",
+        CapacityType::OnDemand,
+        &[pod("web-1", 500)],
+    );
+    b.node(
+        "old",
+        "od",
+        "m5.large",
+        CapacityType::OnDemand,
+        &[pod("web-2", 500)],
+    );
+    b.node(
+        "older",
+        "od",
+        "m5.large",
+        CapacityType::OnDemand,
+        &[pod("web-3", 500)],
+    );
+    b.candidate("old").created = NOW - time::Duration::days(31);
+    b.candidate("older").created = NOW - time::Duration::days(40);
+    b.candidate("older").do_not_disrupt = true;
+    b.pool("od").budgets = Budgets::new(&[Budget::nodes("0")]).unwrap();
+    let cluster = b.build();
+    let cmd = expiration(&cluster.candidates, NOW).unwrap();
+    assert_eq!(cmd.reason, Reason::Expired);
+    assert_eq!(cmd.candidates, ["older", "old"]);
+    assert_eq!(
+        validate_command(&cmd, &cluster, &options(), NOW),
+        Ok(()),
+        "not re-validated"
+    );
+    assert_eq!(
+        expiration(&cluster.candidates, NOW - time::Duration::days(11)),
+        None
+    );
+}
+
+#[test]
+fn drift_with_a_grace_period_ignores_pod_blocks() {
+    let mut b = Builder::new(vec![template("od", m5(), &["on-demand"])]);
+    let mut protected = (*pod("db-0", 1500)).clone();
+    protected.do_not_disrupt = Some("true".into());
+    b.node(
+        "drifted",
+        "od",
+        "m5.large",
+        CapacityType::OnDemand,
+        &[Arc::new(protected)],
+    );
+    b.candidate("drifted").drifted = Some(NOW - time::Duration::hours(1));
+    let mut cluster = b.build();
+    let mut without = cluster.clone();
+    assert_eq!(without.retain_disruptable(&Pdbs::default(), NOW).len(), 1);
+    assert!(without.candidates.is_empty());
+    cluster.pools[0].termination_grace_period = true;
+    assert!(cluster.retain_disruptable(&Pdbs::default(), NOW).is_empty());
+    assert!(!cluster.candidates[0].consolidatable, "kept for drift only");
+    let commands = compute_commands(&cluster, &options(), NOW);
+    assert_eq!(commands.len(), 1);
+    assert_eq!(
+        (commands[0].reason, commands[0].candidates.as_slice()),
+        (Reason::Drifted, &["drifted".to_owned()][..])
+    );
+}

@@ -9,8 +9,8 @@
 //!   PodDisruptionBudgets).
 //! - [`drift`]: the NodePool template hash, requirements drift, expiration.
 //! - [`cluster`]: the inputs (nodes, candidates, NodePool policies) and options.
-//! - [`consolidation`]: emptiness, drift, multi- and single-node consolidation, their
-//!   [`Command`]s and re-validation; [`simulate`] is the scheduling simulation behind them
+//! - [`consolidation`]: emptiness, drift, multi- and single-node consolidation and
+//!   expiration, their [`Command`]s and re-validation; [`simulate`] is the scheduling simulation behind them
 //!   and [`replacement`] the rules a replacement node must meet.
 //! - [`bench_shape`]: a generated cluster for benchmarks and tests.
 
@@ -29,4 +29,6 @@ pub mod simulate;
 pub use budget::{Budget, Budgets, Reason};
 pub use candidate::{Blocked, Candidate, Pdb, Pdbs};
 pub use cluster::{ClusterState, ConsolidationOptions, ConsolidationPolicy, PoolPolicy};
-pub use consolidation::{Command, Consolidator, Decision, compute_commands, validate_command};
+pub use consolidation::{
+    Command, Consolidator, Decision, compute_commands, emptiness, expiration, validate_command,
+};
