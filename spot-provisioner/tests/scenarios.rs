@@ -295,7 +295,7 @@ async fn deployment_scaled_from_zero_to_500_gets_nodes_and_every_pod_is_bound() 
         "500 pods bound in {took:?} on {} nodes, {vcpus} vCPU, ${cost:.3}/h",
         nodes.len()
     );
-    assert!(vcpus >= 250 && vcpus <= 300, "{vcpus} vCPU for 250 requested");
+    assert!((250..=300).contains(&vcpus), "{vcpus} vCPU for 250 requested");
     assert!(cost > 0.0);
     let metrics = env.provisioner.metrics().encode();
     assert!(
