@@ -70,3 +70,32 @@ fn pack_is_near_the_lp_bound_and_beats_first_fit_decreasing() {
         "pack strictly cheaper than ffd on only {strictly_cheaper} cases"
     );
 }
+
+/// Karpenter's benchmark shape at full size: 20,000 pods over 400 types. Valid, cheaper than
+/// the baseline, and (in release builds) well under a second; the time is printed.
+#[test]
+fn twenty_thousand_pods_on_400_types() {
+    use spot_core::packing::suite::{karpenter_benchmark_items, karpenter_benchmark_types};
+    let items = karpenter_benchmark_items(20_000, 42);
+    let types: Vec<_> = karpenter_benchmark_types(400)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    let start = tokio::time::Instant::now();
+    let packed = packing::pack(&items, &types).expect("pack");
+    let elapsed = start.elapsed();
+    packed.check(&items, &types).expect("valid packing");
+    let ffd = packing::first_fit_decreasing(&items, &types).expect("ffd");
+    let (cost, baseline) = (packed.cost(&types), ffd.cost(&types));
+    println!(
+        "20,000 pods x 400 types: pack {cost:.1} in {} bins ({elapsed:?}), ffd {baseline:.1} in {} bins",
+        packed.bins.len(),
+        ffd.bins.len()
+    );
+    assert!(cost < baseline, "pack {cost} ffd {baseline}");
+    assert_eq!(
+        packing::pack(&items, &types).expect("pack"),
+        packed,
+        "deterministic"
+    );
+}

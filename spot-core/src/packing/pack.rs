@@ -1,5 +1,5 @@
-//! The cost-minimising packer: a greedy construction by cost efficiency, then local search
-//! ([`search`](super::search)).
+//! The cost-minimising packer: a greedy construction by cost efficiency with value
+//! correction, then local search ([`search`](super::search)).
 //!
 //! **Item values.** The *value* of an item is what it would cost alone, packed as densely as
 //! a fluid into the type that suits it best: `min over types t of price(t) × share(t)`, where
@@ -8,26 +8,34 @@
 //! best type filled to the brim with it, above 1 when complementary items (CPU-heavy with
 //! memory-heavy) share a bin better than either could alone.
 //!
-//! **Construction.** While items are left, every type is filled three ways and the most
+//! **Construction.** While items are left, every type is filled several ways and the most
 //! efficient bin wins:
 //! - *slice*: the type takes the largest proportional slice of what is left (every class in
 //!   the same proportion, so a mixed workload stays mixed), then is topped up largest first;
 //! - *largest first*: classes by the share of the type they take, descending;
 //! - *affinity*: classes the type serves best first (the item's value over the price of the
-//!   share of this type it takes: 1 for the class's best type).
+//!   share of this type it takes: 1 for the class's best type);
+//! - *balanced* (bins of at most [`BALANCED_MAX_ITEMS`] items): item by item, the class whose
+//!   requests best match the free capacity;
+//! - *knapsack* (bins of at most [`KNAPSACK_MAX_ITEMS`] items): the content of highest value,
+//!   by a bounded exact search.
 //!
 //! The winning bin is repeated as often as the remaining items allow, which keeps the
-//! number of rounds near the number of distinct bin shapes. Once what is left fits in one
-//! bin, "finish with the cheapest type that holds it all" is remembered as an alternative to
-//! the greedy tail, and the cheaper ending is kept.
+//! number of rounds near the number of distinct bin shapes. Types are measured lazily, from
+//! an upper bound on their efficiency. Once what is left fits in one bin, "finish with the
+//! cheapest type that holds it all" is remembered as an alternative to the greedy tail, and
+//! the cheaper ending is kept.
+//!
+//! **Value correction.** The construction and a quick local search run [`PASSES`] times; after
+//! each run, the value of every class is multiplied by the mean inverse efficiency of the
+//! bins its items ended up in, so items that were left to fill poor bins are placed earlier
+//! next time. The cheapest run then gets a thorough local search
+//! ([`search`](super::search)).
 //!
 //! Identical items are grouped into classes (see [`Problem`]), so the work depends on the
 //! number of distinct request vectors, not on the number of items.
 
 use super::model::{BinType, Error, Item, Packing, Problem};
-
-/// A way to finish a bin: (type, cost rank, (class, count) taken).
-type Ending = (usize, usize, Vec<(usize, usize)>);
 
 /// Packs `items` into bins of `types` to minimise the total price (see the module
 /// documentation). Deterministic: the same input gives the same answer. Fails when an item
@@ -39,6 +47,9 @@ pub fn pack(items: &[Item], types: &[BinType]) -> Result<Packing, Error> {
     let bins = packer.solve();
     Ok(problem.to_packing(bins.iter().map(|b| (b.ty, b.content.as_slice()))))
 }
+
+/// Items as (class, count) pairs sorted by class.
+pub(crate) type Content = Vec<(usize, usize)>;
 
 /// One bin under construction: its (kept) type, its load and its items as (class, count)
 /// pairs sorted by class.
@@ -59,6 +70,10 @@ const PASSES: usize = 6;
 /// Balanced fills are tried in bins that hold at most this many of the smallest items
 /// (in some resource).
 const BALANCED_MAX_ITEMS: i64 = 128;
+/// Bins that hold at most this many items are also filled by a bounded exact search.
+const KNAPSACK_MAX_ITEMS: i64 = 8;
+/// Nodes the exact search of one bin may visit.
+const KNAPSACK_NODES: usize = 3000;
 
 /// How a type is filled in one round of the construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +82,7 @@ enum Strategy {
     Largest,
     Affinity,
     Balanced,
+    Knapsack,
 }
 
 /// Class orders for one construction, per candidate type (by position in the candidate
@@ -217,8 +233,10 @@ impl<'p> Packer<'p> {
         bins
     }
 
-    /// Sequential value correction: each class's value is multiplied by the square root of
-    /// the mean inverse efficiency of the bins its items ended up in.
+    /// Sequential value correction: each class's value is multiplied by the mean inverse
+    /// efficiency of the bins its items ended up in (a class left in half-empty bins is
+    /// worth twice as much next time; uniform scaling changes nothing, as only ratios of
+    /// efficiencies matter).
     fn correct_values(&mut self, bins: &[BinState]) {
         let mut inverse = vec![0.0; self.p.classes()];
         let mut count = vec![0usize; self.p.classes()];
@@ -233,7 +251,7 @@ impl<'p> Packer<'p> {
         }
         for (c, value) in self.value.iter_mut().enumerate() {
             if count[c] > 0 {
-                *value *= (inverse[c] / count[c] as f64).sqrt();
+                *value *= inverse[c] / count[c] as f64;
             }
         }
     }
@@ -276,6 +294,7 @@ impl<'p> Packer<'p> {
                 Strategy::Largest,
                 Strategy::Affinity,
                 Strategy::Balanced,
+                Strategy::Knapsack,
             ]
         } else {
             &[Strategy::Slice, Strategy::Largest]
@@ -284,7 +303,7 @@ impl<'p> Packer<'p> {
         let mut candidates: Vec<usize> = (0..types.len()).collect();
         let mut bins: Vec<BinState> = Vec::new();
         // (number of bins before, type holding everything left, what was left)
-        let mut endings: Vec<Ending> = Vec::new();
+        let mut endings: Vec<(usize, usize, Content)> = Vec::new();
         let mut content = Vec::new();
         let mut best_content = Vec::new();
         while !active.is_empty() {
@@ -323,17 +342,22 @@ impl<'p> Packer<'p> {
                     .fold(f64::INFINITY, f64::min);
                 let mut measured: f64 = 0.0;
                 // Balanced fills pay off in bins of few items; slices balance large ones.
-                let small = cap
+                let most = cap
                     .iter()
                     .zip(&min_req)
                     .filter(|(_, m)| **m > 0)
-                    .any(|(c, m)| c / m <= BALANCED_MAX_ITEMS);
+                    .map(|(c, m)| c / m)
+                    .min()
+                    .unwrap_or(i64::MAX);
                 for &strategy in strategies {
-                    if strategy == Strategy::Balanced && !small {
+                    if (strategy == Strategy::Balanced && most > BALANCED_MAX_ITEMS)
+                        || (strategy == Strategy::Knapsack && most > KNAPSACK_MAX_ITEMS)
+                    {
                         continue;
                     }
                     let value = match strategy {
                         Strategy::Balanced => self.fill_balanced(t, &active, &min_req, &mut content),
+                        Strategy::Knapsack => self.fill_knapsack(t, &active, &mut content),
                         Strategy::Slice | Strategy::Largest | Strategy::Affinity => {
                             let order: &[u32] = match strategy {
                                 _ if !orders.global.is_empty() => &orders.global,
@@ -559,6 +583,51 @@ impl<'p> Packer<'p> {
         self.finish_fill(out)
     }
 
+    /// Fills one bin of type `t` with the content of highest value, by depth-first search
+    /// over the classes (most valuable first, as many items as fit first), pruned by an
+    /// upper bound (room for `n` more of the smallest remaining items, each worth at most the
+    /// next class) and stopped after [`KNAPSACK_NODES`] nodes with the best content found.
+    /// Returns the value, as [`Packer::fill`].
+    fn fill_knapsack(&mut self, t: usize, active: &[usize], out: &mut Vec<(usize, usize)>) -> f64 {
+        let p = self.p;
+        let mut classes: Vec<(usize, usize)> = active
+            .iter()
+            .filter(|&&c| self.rem[c] > 0 && share(p, c, t).is_some())
+            .map(|&c| (c, self.rem[c]))
+            .collect();
+        classes.sort_by(|a, b| self.value[b.0].total_cmp(&self.value[a.0]).then(a.0.cmp(&b.0)));
+        // smallest[i]: the smallest request of classes i.. in each dimension.
+        let mut smallest = vec![vec![i64::MAX; p.dims]; classes.len() + 1];
+        for i in (0..classes.len()).rev() {
+            let (head, tail) = smallest.split_at_mut(i + 1);
+            for (d, m) in head[i].iter_mut().enumerate() {
+                *m = tail[0][d].min(p.req(classes[i].0)[d]);
+            }
+        }
+        let mut search = Knapsack {
+            p,
+            t,
+            values: classes.iter().map(|&(c, _)| self.value[c]).collect(),
+            classes,
+            smallest,
+            load: vec![0; p.dims],
+            counts: Vec::new(),
+            best: 0.0,
+            best_counts: Vec::new(),
+            nodes: 0,
+        };
+        search.counts = vec![0; search.classes.len()];
+        search.run(0, 0.0);
+        out.clear();
+        for (&(c, _), &k) in search.classes.iter().zip(&search.best_counts) {
+            if k > 0 {
+                self.taken[c] = k;
+                out.push((c, 0));
+            }
+        }
+        self.finish_fill(out)
+    }
+
     /// Moves the taken counts into `out` (sorted by class) and returns its value.
     fn finish_fill(&mut self, out: &mut [(usize, usize)]) -> f64 {
         let mut value = 0.0;
@@ -608,6 +677,60 @@ impl<'p> Packer<'p> {
             largest,
             affinity,
             global: Vec::new(),
+        }
+    }
+}
+
+/// The state of the exact search of [`Packer::fill_knapsack`].
+struct Knapsack<'a> {
+    p: &'a Problem,
+    t: usize,
+    /// (class, items left), most valuable first.
+    classes: Vec<(usize, usize)>,
+    values: Vec<f64>,
+    smallest: Vec<Vec<i64>>,
+    load: Vec<i64>,
+    counts: Vec<usize>,
+    best: f64,
+    best_counts: Vec<usize>,
+    nodes: usize,
+}
+
+impl Knapsack<'_> {
+    fn run(&mut self, i: usize, value: f64) {
+        self.nodes += 1;
+        if value > self.best * (1.0 + 1e-12) {
+            self.best = value;
+            self.best_counts.clone_from(&self.counts);
+        }
+        if i == self.classes.len() || self.nodes > KNAPSACK_NODES {
+            return;
+        }
+        let cap = self.p.cap(self.t);
+        let more = self.smallest[i]
+            .iter()
+            .zip(cap)
+            .zip(&self.load)
+            .filter(|((m, _), _)| **m > 0)
+            .map(|((m, c), l)| (c - l) / m)
+            .min()
+            .unwrap_or(i64::MAX);
+        if value + more as f64 * self.values[i] <= self.best * (1.0 + 1e-12) {
+            return;
+        }
+        let (c, left) = self.classes[i];
+        let most = left.min(self.p.room(&self.load, c, self.t));
+        for k in (0..=most).rev() {
+            self.p.add(&mut self.load, c, k);
+            self.counts[i] = k;
+            self.run(i + 1, value + k as f64 * self.values[i]);
+            self.counts[i] = 0;
+            for (l, &r) in self.load.iter_mut().zip(self.p.req(c)) {
+                *l -= r * k as i64;
+            }
+            if self.nodes > KNAPSACK_NODES {
+                return;
+            }
         }
     }
 }

@@ -47,16 +47,16 @@ impl SuiteCase {
 /// A tiny seeded generator (splitmix64): the suite's requests do not depend on any crate's
 /// random-number algorithm.
 #[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
+struct SplitMix64(u64);
 
 impl SplitMix64 {
     /// A generator with this seed.
-    pub fn new(seed: u64) -> SplitMix64 {
+    fn new(seed: u64) -> SplitMix64 {
         SplitMix64(seed)
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -65,18 +65,18 @@ impl SplitMix64 {
     }
 
     /// A number in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: u64) -> u64 {
+    fn below(&mut self, n: u64) -> u64 {
         if n == 0 { 0 } else { self.next_u64() % n }
     }
 
     /// A number in `low..=high`.
-    pub fn between(&mut self, low: i64, high: i64) -> i64 {
+    fn between(&mut self, low: i64, high: i64) -> i64 {
         let span = u64::try_from(high.saturating_sub(low)).unwrap_or(0);
         low.saturating_add(i64::try_from(self.below(span.saturating_add(1))).unwrap_or(0))
     }
 
-    /// One element of a non-empty slice (the first when empty is impossible to honour).
-    pub fn pick<T: Copy>(&mut self, values: &[T]) -> T {
+    /// One element of a slice (every caller passes a non-empty literal).
+    fn pick<T: Copy>(&mut self, values: &[T]) -> T {
         let index = usize::try_from(self.below(values.len() as u64)).unwrap_or(0);
         values[index.min(values.len().saturating_sub(1))]
     }
