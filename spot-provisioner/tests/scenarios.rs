@@ -322,7 +322,22 @@ async fn spot_capacity_errors_fall_back_to_on_demand_within_one_loop() {
     let env = env(default_pool(), cloud).await;
     apply::<Deployment>(&env.client, deployment("api", 3, "1", "2Gi", json!({}))).await;
     wait_all_bound(&env.client, 3, Duration::from_secs(60)).await;
-    let claims = claims(&env.client).await;
+    // The launch records its outcome on the claim right after the instance exists; under
+    // load that can trail the pods being bound by a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let claims = loop {
+        let claims = claims(&env.client).await;
+        let labelled = claims.iter().all(|c| {
+            c.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("karpenter.sh/capacity-type"))
+        });
+        if labelled || tokio::time::Instant::now() > deadline {
+            break claims;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         claims.len(),
         1,
