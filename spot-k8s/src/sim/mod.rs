@@ -415,24 +415,31 @@ impl Sim {
     /// owned by one ReplicaSet `sim-app` in `default`.
     pub fn seed(&self, nodes: usize, pods_per_node: usize) -> Result<(), Error> {
         const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
+        let node_type = self.resource_of(&json!({"apiVersion": "v1", "kind": "Node"}))?;
+        let pod_type = self.resource_of(&json!({"apiVersion": "v1", "kind": "Pod"}))?;
+        let rs_type = self.resource_of(&json!({"apiVersion": "apps/v1", "kind": "ReplicaSet"}))?;
+        // One lock for the whole seed: the controllers see the finished cluster, never a
+        // ReplicaSet whose pods are not there yet (they would create their own).
+        let mut store = self.shared.lock();
         for i in 0..nodes {
-            self.insert(sim_node(
+            let node = sim_node(
                 &format!("sim-node-{i}"),
                 ZONES[i % ZONES.len()],
                 "m5.xlarge",
                 "4",
                 "16Gi",
-            ))?;
+            );
+            store.create(&node_type, None, node, false)?;
         }
         if nodes == 0 || pods_per_node == 0 {
             return Ok(());
         }
         let total = nodes * pods_per_node;
-        let rs = self.insert(json!({
+        let rs = store.create(&rs_type, Some("default"), json!({
             "apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": "sim-app", "namespace": "default", "labels": {"app": "sim-app"}},
             "spec": {"replicas": total, "selector": {"matchLabels": {"app": "sim-app"}}, "template": pod_template("sim-app")},
-        }))?;
+        }), false)?;
         let uid = uid_of(&rs).to_owned();
         for n in 0..nodes {
             for p in 0..pods_per_node {
@@ -440,14 +447,15 @@ impl Sim {
                 pod["metadata"]["ownerReferences"] = owner_ref("ReplicaSet", "sim-app", &uid);
                 pod["spec"]["nodeName"] = json!(format!("sim-node-{n}"));
                 pod["status"] = running_status(&format!("10.{}.{}.{}", (n >> 8) & 255, n & 255, p % 250 + 2));
-                self.insert(pod)?;
+                store.create(&pod_type, Some("default"), pod, false)?;
             }
         }
-        let mut rs = self
-            .get("apps/v1", "ReplicaSet", "default", "sim-app")
-            .unwrap_or(rs);
+        let mut rs = (*rs).clone();
+        if let Some(m) = rs.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
         rs["status"] = json!({"replicas": total, "readyReplicas": total, "availableReplicas": total, "fullyLabeledReplicas": total, "observedGeneration": 1});
-        self.put(rs)?;
+        store.update(&rs_type, "default", "sim-app", rs, WriteMode::Internal, false)?;
         Ok(())
     }
 
