@@ -25,6 +25,11 @@
 //! consumer that undoes work for a canceled event matches it with the active one by instance,
 //! code and `not_before`.
 //!
+//! A request that fails in transport (connect, timeout, reading the body) is tried up to
+//! [`ImdsConfig::tries`] times (NTH's `METADATA_TRIES`, 3 by default), waiting
+//! [`ImdsConfig::retry_delay`] (2 s), then twice as long each time, plus up to half of it in
+//! jitter; HTTP statuses are answers, not transport errors, and are not retried this way.
+//!
 //! Transport and parse errors are returned from [`EventSource::receive`] as
 //! [`source::Error::Transport`], counted in [`SourceStats`], and delay the next poll with a capped
 //! exponential backoff; the source never panics on what IMDS answers.
@@ -136,6 +141,12 @@ pub struct ImdsConfig {
     pub poll_interval: Duration,
     /// The longest delay between polls after errors (default 60 s).
     pub max_backoff: Duration,
+    /// Attempts per request when it fails in transport (NTH's `METADATA_TRIES`, default 3;
+    /// 0 counts as 1).
+    pub tries: u32,
+    /// The wait before the second attempt (default 2 s); it doubles for each next one, plus up
+    /// to half of it in jitter.
+    pub retry_delay: Duration,
 }
 
 impl Default for ImdsConfig {
@@ -147,6 +158,8 @@ impl Default for ImdsConfig {
             request_timeout: Duration::from_secs(2),
             poll_interval: Duration::from_secs(2),
             max_backoff: Duration::from_secs(60),
+            tries: 3,
+            retry_delay: Duration::from_secs(2),
         }
     }
 }
@@ -181,6 +194,16 @@ pub struct ImdsClient {
     allow_imdsv1: bool,
     token: Mutex<TokenState>,
     token_requests: AtomicU64,
+    tries: u32,
+    retry_delay: Duration,
+    retries: AtomicU64,
+}
+
+/// An answer read in full.
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
 }
 
 impl ImdsClient {
@@ -215,7 +238,47 @@ impl ImdsClient {
             allow_imdsv1: config.allow_imdsv1,
             token: Mutex::new(TokenState::Empty),
             token_requests: AtomicU64::new(0),
+            tries: config.tries.max(1),
+            retry_delay: config.retry_delay,
+            retries: AtomicU64::new(0),
         })
+    }
+
+    /// How many requests were tried again after a transport error.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Sends the request `build` makes and reads the answer, trying up to `tries` times on
+    /// transport errors.
+    async fn send(&self, path: &str, build: impl Fn() -> reqwest::RequestBuilder) -> Result<Answer, Error> {
+        let mut delay = self.retry_delay;
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                let response = build().send().await?;
+                let (status, headers) = (response.status(), response.headers().clone());
+                let body = response.text().await?;
+                Ok::<_, reqwest::Error>(Answer {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            .await;
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(e) if attempt < self.tries => {
+                    let wait = delay + delay.mul_f64(jitter() / 2.0);
+                    tracing::warn!(path, attempt, tries = self.tries, wait_ms = wait.as_millis() as u64, error = %http_error(path, &e), "IMDS request failed; trying again");
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                    delay = delay.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(e) => return Err(http_error(path, &e)),
+            }
+        }
     }
 
     /// How many token requests (`PUT /latest/api/token`) the client has made.
@@ -235,15 +298,17 @@ impl ImdsClient {
         let url = format!("{}{}", self.base, path);
         for attempt in 0..2 {
             let token = self.token().await?;
-            let mut request = self.http.get(&url);
-            if let Some(token) = &token {
-                request = request.header(TOKEN_HEADER, token);
-            }
-            let response = request.send().await.map_err(|e| http_error(path, &e))?;
-            match response.status() {
-                status if status.is_success() => {
-                    return response.text().await.map(Some).map_err(|e| http_error(path, &e));
-                }
+            let answer = self
+                .send(path, || {
+                    let request = self.http.get(&url);
+                    match &token {
+                        Some(token) => request.header(TOKEN_HEADER, token),
+                        None => request,
+                    }
+                })
+                .await?;
+            match answer.status {
+                status if status.is_success() => return Ok(Some(answer.body)),
                 StatusCode::NOT_FOUND => return Ok(None),
                 StatusCode::UNAUTHORIZED if attempt == 0 => {
                     tracing::debug!(path, "IMDS answered 401: fetching a new token");
@@ -329,14 +394,15 @@ impl ImdsClient {
         }
         self.token_requests.fetch_add(1, Ordering::Relaxed);
         let requested_at = Instant::now();
-        let response = self
-            .http
-            .put(format!("{}{}", self.base, TOKEN_PATH))
-            .header(TOKEN_TTL_HEADER, self.token_ttl.as_secs())
-            .send()
-            .await
-            .map_err(|e| http_error(TOKEN_PATH, &e))?;
-        let status = response.status();
+        let url = format!("{}{}", self.base, TOKEN_PATH);
+        let answer = self
+            .send(TOKEN_PATH, || {
+                self.http
+                    .put(&url)
+                    .header(TOKEN_TTL_HEADER, self.token_ttl.as_secs())
+            })
+            .await?;
+        let status = answer.status;
         if matches!(
             status,
             StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
@@ -359,7 +425,7 @@ impl ImdsClient {
                 status: status.as_u16(),
             });
         }
-        let granted = match response.headers().get(TOKEN_TTL_HEADER) {
+        let granted = match answer.headers.get(TOKEN_TTL_HEADER) {
             None => self.token_ttl,
             Some(value) => value
                 .to_str()
@@ -369,8 +435,7 @@ impl ImdsClient {
                 .map(Duration::from_secs)
                 .ok_or_else(|| Error::InvalidToken(format!("{TOKEN_TTL_HEADER} is {value:?}")))?,
         };
-        let token = response.text().await.map_err(|e| http_error(TOKEN_PATH, &e))?;
-        let token = token.trim().to_owned();
+        let token = answer.body.trim().to_owned();
         if token.is_empty() || reqwest::header::HeaderValue::from_str(&token).is_err() {
             return Err(Error::InvalidToken(format!(
                 "{} characters that do not make a header value",
@@ -384,6 +449,19 @@ impl ImdsClient {
         };
         Ok(Some(token))
     }
+}
+
+/// A pseudo-random number in `[0, 1)` for retry jitter.
+fn jitter() -> f64 {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut z = u64::from(nanos) ^ SEQ.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as f64 / u64::MAX as f64 * 0.999
 }
 
 fn http_error(path: &str, error: &reqwest::Error) -> Error {
@@ -893,6 +971,8 @@ mod tests {
             poll_interval: Duration::from_secs(2),
             max_backoff: Duration::from_secs(8),
             request_timeout: Duration::from_millis(100),
+            // One try per request: the gaps below are the source's own backoff.
+            tries: 1,
             ..ImdsConfig::with_endpoint("http://127.0.0.1:9")
         };
         let source = ImdsSource::new(&config).unwrap();

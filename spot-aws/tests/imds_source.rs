@@ -411,6 +411,7 @@ async fn malformed_bodies_and_dead_endpoints_are_transport_errors() -> Result<()
     sim.shutdown().await?;
     let source = ImdsSource::new(&ImdsConfig {
         request_timeout: Duration::from_millis(500),
+        retry_delay: Duration::from_millis(10),
         ..ImdsConfig::with_endpoint(url)
     })?;
     let err = tokio::time::timeout(WAIT, source.receive()).await?.unwrap_err();
@@ -490,5 +491,85 @@ async fn control_api() -> Result<()> {
         .await?;
     assert_eq!(state["asg_target_lifecycle_state"], "InService");
     sim.shutdown().await?;
+    Ok(())
+}
+
+/// A listener that drops the first `drop` connections it accepts (a flaky link to IMDS).
+struct Flaky {
+    inner: tokio::net::TcpListener,
+    drop: usize,
+}
+
+impl axum::serve::Listener for Flaky {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let accepted = self.inner.accept().await;
+            match accepted {
+                Ok(_) if self.drop > 0 => self.drop -= 1,
+                Ok(conn) => return conn,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The IMDS simulator behind a link that drops its first `drop` connections.
+async fn flaky_imds(drop: usize) -> Result<SocketAddr> {
+    let sim = ImdsSim::new(SimConfig::default().with_instance_id("i-0flaky"));
+    let inner = tokio::net::TcpListener::bind(loopback()).await?;
+    let addr = inner.local_addr()?;
+    let router = sim.router();
+    tokio::spawn(async move { axum::serve(Flaky { inner, drop }, router).await });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn transport_errors_are_tried_metadata_tries_times() -> Result<()> {
+    // Two dropped connections: the third of three tries gets through.
+    let addr = flaky_imds(2).await?;
+    let config = ImdsConfig {
+        tries: 3,
+        retry_delay: Duration::from_millis(20),
+        ..ImdsConfig::with_endpoint(format!("http://{addr}"))
+    };
+    let client = ImdsClient::new(&config)?;
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        client.get("/latest/meta-data/instance-id").await?.as_deref(),
+        Some("i-0flaky")
+    );
+    assert_eq!(client.retries(), 2);
+    // 20 ms, then 40 ms, each plus up to half in jitter.
+    assert!(
+        started.elapsed() >= Duration::from_millis(60),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Two tries are not enough for two dropped connections.
+    let addr = flaky_imds(2).await?;
+    let client = ImdsClient::new(&ImdsConfig {
+        tries: 2,
+        ..ImdsConfig {
+            endpoint: format!("http://{addr}"),
+            ..config
+        }
+    })?;
+    let err = client.get("/latest/meta-data/instance-id").await.unwrap_err();
+    assert!(matches!(err, imds::Error::Http { .. }), "{err}");
+    assert_eq!(client.retries(), 1);
+
+    // HTTP statuses are answers: a 404 is not tried again.
+    let addr_ok = flaky_imds(0).await?;
+    let client = ImdsClient::new(&ImdsConfig::with_endpoint(format!("http://{addr_ok}")))?;
+    assert_eq!(client.get("/latest/meta-data/spot/instance-action").await?, None);
+    assert_eq!(client.retries(), 0);
     Ok(())
 }

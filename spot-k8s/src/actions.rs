@@ -5,43 +5,57 @@
 //!   so no other writer's taint is ever lost (a strategic merge of `spec.taints` would
 //!   replace the whole list). Writers sharing one `KubeNodeActions` are also serialised per
 //!   node, which avoids conflicts among themselves.
+//! - [`NodeActions::cordon_with`]: annotations, labels, taint and cordon in one such
+//!   conflict-checked `replace`. Its first attempt writes back the node that
+//!   [`NodeActions::get`] read moments before (a 409 means it changed since: read again), so
+//!   a handler's read-then-cordon costs two API calls instead of six.
 //! - Labels and annotations: JSON merge patches (`null` removes).
 //! - Drain: follows the node's pods (field selector `spec.nodeName=<node>`) with a kube-rs
-//!   reflector for the duration of the drain ([`PodSource::Watch`], the default) or with a
-//!   fresh paginated list per poll ([`PodSource::List`]); skips mirror,
-//!   DaemonSet-owned (configurable), terminating and the handler's own pod, and pods with
-//!   emptyDir volumes unless `delete_emptydir_data`; evicts through policy/v1 Eviction,
+//!   reflector for the duration of the drain ([`PodSource::Watch`], the default), with one
+//!   cluster-wide watch shared by every drain ([`PodSource::Shared`], for a handler that drains
+//!   many nodes at once), or with a fresh paginated list per poll ([`PodSource::List`]); skips
+//!   mirror, DaemonSet-owned (configurable), terminating and the handler's own pod, and pods
+//!   with emptyDir volumes unless `delete_emptydir_data`; evicts through policy/v1 Eviction,
 //!   non-critical pods before `system-cluster-critical`/`system-node-critical` ones, retries
 //!   429 (PodDisruptionBudget) with doubling backoff until the deadline, treats 404 as done,
 //!   then polls until the pods are gone. At the deadline it reports
 //!   [`Error::DrainTimeout`] or, with `force_at_deadline`, deletes the rest with grace 0.
-//! - Every API call first takes a token from a shared [`RateLimiter`].
+//! - Every API call first takes a token from a shared [`RateLimiter`]: node reads and writes
+//!   (and their Events) with [`Priority::High`], drains (evictions, pod lists and watches, the
+//!   drain's Events) with [`Priority::Normal`], so cordons never wait behind evictions.
 //! - Cordon, uncordon, taint, untaint and drain publish `events.k8s.io/v1` Events about the
-//!   node when a reporter is configured (failures to publish are logged, never fatal).
+//!   node when a reporter is configured, with optional extra annotations on every Event
+//!   (failures to publish are logged, never fatal).
 //!
 //! kube's default client retries 429 responses itself (up to 15 times with exponential
 //! backoff); drains bound every call by their deadline regardless, but a client built with
 //! `Config::default_retry = false` gives the drain's own PDB backoff full control.
 
-use std::collections::{BTreeSet, HashMap};
+mod events;
+mod pods;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Taint as KubeTaint};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint as KubeTaint};
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use spot_core::node::{
-    DrainOptions, DrainReport, Error, MetadataPatch, NodeActions, NodeState, PodRef, Taint, TaintEffect,
+    CordonWith, DrainOptions, DrainReport, Error, MetadataPatch, NodeActions, NodeState, PodRef, Taint,
+    TaintEffect,
 };
 use tokio::time::Instant;
 
-use crate::ratelimit::RateLimiter;
+use self::events::{Note, Publisher};
+use self::pods::{PodInfo, SharedPods, Use};
+use crate::ratelimit::{Priority, RateLimiter};
 
 /// Annotation of mirror (static) pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -62,6 +76,8 @@ pub struct ActionsConfig {
     pub page_size: u32,
     /// Where drains read the node's pods from.
     pub pod_source: PodSource,
+    /// [`PodSource::Shared`]: how long the shared pod watch outlives the last drain.
+    pub shared_watch_linger: Duration,
 }
 
 /// Where a drain reads the node's pods from.
@@ -71,6 +87,13 @@ pub enum PodSource {
     /// one list and one watch instead of a list per poll.
     #[default]
     Watch,
+    /// One watch of every bound pod in the cluster (a compact projection of each, indexed by
+    /// node), shared by all drains: for a handler that drains many nodes at once (queue mode),
+    /// where one watch per drain would cost the API server one watch per node. It starts with
+    /// the first drain and stops [`ActionsConfig::shared_watch_linger`] after the last. A drain
+    /// looks at its node's pods once more after evicting them, and evicts any that the watch
+    /// had not delivered yet.
+    Shared,
     /// A fresh paginated list at the start and on every poll.
     List,
 }
@@ -81,6 +104,7 @@ enum PodView {
         store: Store<Pod>,
         task: tokio::task::JoinHandle<()>,
     },
+    Shared(Use),
     List,
 }
 
@@ -100,6 +124,7 @@ impl Default for ActionsConfig {
             poll_interval: Duration::from_secs(1),
             page_size: 500,
             pod_source: PodSource::default(),
+            shared_watch_linger: Duration::from_secs(60),
         }
     }
 }
@@ -109,16 +134,32 @@ impl Default for ActionsConfig {
 pub struct KubeNodeActions {
     client: Client,
     limiter: RateLimiter,
-    recorder: Option<Recorder>,
+    recorder: Option<Publisher>,
+    event_annotations: BTreeMap<String, String>,
     config: ActionsConfig,
     node_locks: Arc<StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Nodes as [`NodeActions::get`] last read them or a conflict-checked write left them: the
+    /// base of the first attempt of `cordon_with`, and proof enough for a drain that the node
+    /// exists.
+    recent: Arc<StdMutex<HashMap<String, (Instant, Node)>>>,
+    shared_pods: Arc<SharedPods>,
 }
+
+/// How long a node read by `get` may serve as the base of a `cordon_with` (its resourceVersion
+/// makes a stale copy fail with 409, never overwrite).
+const RECENT_READ: Duration = Duration::from_secs(5);
+/// `recent` is pruned of older reads once it holds this many.
+const RECENT_PRUNE_AT: usize = 256;
 
 impl std::fmt::Debug for KubeNodeActions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeNodeActions")
             .field("limiter", &self.limiter)
             .field("events", &self.recorder.is_some())
+            .field(
+                "event_annotations",
+                &self.recorder.as_ref().map(Publisher::annotations),
+            )
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -157,52 +198,6 @@ fn jitter() -> f64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (z ^ (z >> 31)) as f64 / u64::MAX as f64 * 0.999
-}
-
-fn pod_ref(p: &Pod) -> PodRef {
-    PodRef {
-        namespace: p.namespace().unwrap_or_default(),
-        name: p.name_any(),
-    }
-}
-
-/// Why a drain leaves a pod alone, if it does.
-fn skip_reason(p: &Pod, options: &DrainOptions) -> Option<&'static str> {
-    if p.annotations().contains_key(MIRROR_ANNOTATION) {
-        return Some("mirror pod");
-    }
-    if options.skip_pod.as_ref() == Some(&pod_ref(p)) {
-        return Some("own pod");
-    }
-    if p.metadata.deletion_timestamp.is_some() {
-        return Some("already terminating");
-    }
-    let daemonset = p
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && o.kind == "DaemonSet");
-    if daemonset && options.ignore_daemonsets {
-        return Some("DaemonSet pod");
-    }
-    let empty_dir = p
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_ref())
-        .is_some_and(|vs| vs.iter().any(|v| v.empty_dir.is_some()));
-    if empty_dir && !options.delete_emptydir_data {
-        return Some("emptyDir data (delete_emptydir_data is off)");
-    }
-    None
-}
-
-/// Whether a pod is evicted in the last wave.
-fn critical(p: &Pod) -> bool {
-    let spec = p.spec.as_ref();
-    spec.and_then(|s| s.priority_class_name.as_deref())
-        .is_some_and(|c| CRITICAL_PRIORITY_CLASSES.contains(&c))
-        || spec
-            .and_then(|s| s.priority)
-            .is_some_and(|pr| pr >= 2_000_000_000)
 }
 
 /// Adds or updates a taint in a list; returns whether the list changed.
@@ -283,6 +278,54 @@ pub fn node_state(node: Node) -> NodeState {
     }
 }
 
+fn apply_metadata(map: &mut Option<BTreeMap<String, String>>, changes: &MetadataPatch) -> bool {
+    let mut changed = false;
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                let m = map.get_or_insert_default();
+                if m.get(k) != Some(v) {
+                    m.insert(k.clone(), v.clone());
+                    changed = true;
+                }
+            }
+            None => changed |= map.as_mut().and_then(|m| m.remove(k)).is_some(),
+        }
+    }
+    changed
+}
+
+/// What `cordon_with` changed on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Marked {
+    metadata: bool,
+    tainted: bool,
+    cordoned: bool,
+}
+
+/// Applies `with` and the cordon to `node` in memory.
+fn mark(node: &mut Node, with: &CordonWith) -> Marked {
+    let metadata = apply_metadata(&mut node.metadata.annotations, &with.annotations)
+        | apply_metadata(&mut node.metadata.labels, &with.labels);
+    let spec = node.spec.get_or_insert_with(Default::default);
+    let tainted = match &with.taint {
+        Some(taint) => {
+            let mut taints = spec.taints.take().unwrap_or_default();
+            let changed = upsert_taint(&mut taints, taint);
+            spec.taints = (!taints.is_empty()).then_some(taints);
+            changed
+        }
+        None => false,
+    };
+    let cordoned = spec.unschedulable != Some(true);
+    spec.unschedulable = Some(true);
+    Marked {
+        metadata,
+        tainted,
+        cordoned,
+    }
+}
+
 fn metadata_patch(field: &str, changes: &MetadataPatch) -> Value {
     let map: serde_json::Map<String, Value> = changes
         .iter()
@@ -294,12 +337,16 @@ fn metadata_patch(field: &str, changes: &MetadataPatch) -> Value {
 impl KubeNodeActions {
     /// Node actions over `client`, without a rate limit or events.
     pub fn new(client: Client) -> Self {
+        let config = ActionsConfig::default();
         KubeNodeActions {
             client,
             limiter: RateLimiter::unlimited(),
             recorder: None,
-            config: ActionsConfig::default(),
+            event_annotations: BTreeMap::new(),
+            shared_pods: SharedPods::new(config.shared_watch_linger),
+            config,
             node_locks: Arc::default(),
+            recent: Arc::default(),
         }
     }
 
@@ -311,12 +358,28 @@ impl KubeNodeActions {
 
     /// Publishes Kubernetes Events as `reporter` (controller name, instance).
     pub fn with_events(mut self, reporter: Reporter) -> Self {
-        self.recorder = Some(Recorder::new(self.client.clone(), reporter));
+        self.recorder = Some(
+            Publisher::new(self.client.clone(), reporter).with_annotations(self.event_annotations.clone()),
+        );
+        self
+    }
+
+    /// Puts `annotations` on every Event published (NTH's `KUBERNETES_EVENTS_EXTRA_ANNOTATIONS`),
+    /// whether [`Self::with_events`] comes before or after.
+    pub fn with_event_annotations(mut self, annotations: BTreeMap<String, String>) -> Self {
+        self.recorder = self
+            .recorder
+            .take()
+            .map(|r| r.with_annotations(annotations.clone()));
+        self.event_annotations = annotations;
         self
     }
 
     /// Replaces the tuning.
     pub fn with_config(mut self, config: ActionsConfig) -> Self {
+        if config.shared_watch_linger != self.shared_pods.linger() && !self.shared_pods.running() {
+            self.shared_pods = SharedPods::new(config.shared_watch_linger);
+        }
         self.config = config;
         self
     }
@@ -325,25 +388,65 @@ impl KubeNodeActions {
         Api::all(self.client.clone())
     }
 
-    async fn event(&self, node: &str, type_: EventType, reason: &str, action: &str, note: String) {
+    async fn event(&self, priority: Priority, node: &str, type_: EventType, reason: &str, note: String) {
         let Some(recorder) = &self.recorder else { return };
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: Some(node.to_owned()),
-            ..ObjectReference::default()
+        self.limiter.acquire_with(priority).await;
+        let action = match reason {
+            "Drained" | "DrainFailed" => "Drain",
+            other => other,
         };
-        self.limiter.acquire().await;
-        let ev = Event {
+        let ev = Note {
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
+            reason,
+            action,
+            note,
         };
-        if let Err(e) = recorder.publish(&ev, &reference).await {
+        if let Err(e) = recorder.publish(&ev, node).await {
             tracing::warn!(node, reason, error = %e, "cannot publish event");
         }
+    }
+
+    /// Runs `f` holding this `KubeNodeActions`'s lock of `node`.
+    async fn with_node_lock<T>(&self, node: &str, f: impl std::future::Future<Output = T>) -> T {
+        let lock = self.node_lock(node);
+        let result = {
+            let _serialised = lock.lock().await;
+            f.await
+        };
+        drop(lock);
+        // Forget the locks nobody holds or waits for, so the map does not grow with every
+        // node ever touched.
+        self.node_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        result
+    }
+
+    /// The node `get` read less than [`RECENT_READ`] ago, if any (taken: used once).
+    fn take_recent(&self, node: &str) -> Option<Node> {
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent
+            .remove(node)
+            .filter(|(at, _)| at.elapsed() < RECENT_READ)
+            .map(|(_, n)| n)
+    }
+
+    fn remember(&self, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() >= RECENT_PRUNE_AT {
+            recent.retain(|_, (at, _)| at.elapsed() < RECENT_READ);
+        }
+        recent.insert(name, (Instant::now(), node.clone()));
     }
 
     fn node_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -355,7 +458,14 @@ impl KubeNodeActions {
     }
 
     async fn get_node(&self, action: &'static str, node: &str) -> Result<Node, Error> {
-        self.limiter.acquire().await;
+        // A drain's read goes with its evictions; every other node read is a node action.
+        self.limiter
+            .acquire_with(if action == "drain" {
+                Priority::Normal
+            } else {
+                Priority::High
+            })
+            .await;
         self.nodes().get(node).await.map_err(|e| match status_code(&e) {
             Some(404) => Error::NodeNotFound(node.to_owned()),
             _ => api_error(action, node, e),
@@ -363,7 +473,7 @@ impl KubeNodeActions {
     }
 
     async fn patch_node(&self, action: &'static str, node: &str, patch: Value) -> Result<Node, Error> {
-        self.limiter.acquire().await;
+        self.limiter.acquire_with(Priority::High).await;
         self.nodes()
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -380,19 +490,8 @@ impl KubeNodeActions {
         node: &str,
         change: impl Fn(&mut Vec<KubeTaint>) -> bool,
     ) -> Result<bool, Error> {
-        let lock = self.node_lock(node);
-        let result = {
-            let _serialised = lock.lock().await;
-            self.modify_taints_locked(action, node, change).await
-        };
-        drop(lock);
-        // Forget the locks nobody holds or waits for, so the map does not grow with every
-        // node ever touched.
-        self.node_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|_, l| Arc::strong_count(l) > 1);
-        result
+        self.with_node_lock(node, self.modify_taints_locked(action, node, change))
+            .await
     }
 
     async fn modify_taints_locked(
@@ -401,20 +500,45 @@ impl KubeNodeActions {
         node: &str,
         change: impl Fn(&mut Vec<KubeTaint>) -> bool,
     ) -> Result<bool, Error> {
+        let changed = self
+            .update_node_locked(action, node, None, |n| {
+                let spec = n.spec.get_or_insert_with(Default::default);
+                let mut taints = spec.taints.take().unwrap_or_default();
+                let changed = change(&mut taints);
+                spec.taints = (!taints.is_empty()).then_some(taints);
+                changed.then_some(())
+            })
+            .await?;
+        Ok(changed.is_some())
+    }
+
+    /// Read-modify-write of a node with optimistic concurrency: `change` edits the node read
+    /// (`base` first, when given) and says what it changed (`None`: nothing, no write);
+    /// a 409 Conflict reads the node again and retries with a jittered, doubling backoff.
+    async fn update_node_locked<R>(
+        &self,
+        action: &'static str,
+        node: &str,
+        mut base: Option<Node>,
+        change: impl Fn(&mut Node) -> Option<R>,
+    ) -> Result<Option<R>, Error> {
         let mut backoff = self.config.conflict_backoff;
         for attempt in 0..=self.config.conflict_retries {
-            let mut current = self.get_node(action, node).await?;
-            let spec = current.spec.get_or_insert_with(Default::default);
-            let mut taints = spec.taints.take().unwrap_or_default();
-            if !change(&mut taints) {
-                return Ok(false);
-            }
-            spec.taints = (!taints.is_empty()).then_some(taints);
-            self.limiter.acquire().await;
+            let mut current = match base.take() {
+                Some(n) => n,
+                None => self.get_node(action, node).await?,
+            };
+            let Some(changed) = change(&mut current) else {
+                return Ok(None);
+            };
+            self.limiter.acquire_with(Priority::High).await;
             match self.nodes().replace(node, &PostParams::default(), &current).await {
-                Ok(_) => return Ok(true),
+                Ok(written) => {
+                    self.remember(&written);
+                    return Ok(Some(changed));
+                }
                 Err(e) if status_code(&e) == Some(409) => {
-                    tracing::debug!(node, attempt, "taint write conflicted; retrying");
+                    tracing::debug!(node, action, attempt, "node write conflicted; retrying");
                     // Jitter spreads competing writers apart.
                     let wait = backoff.mul_f64(0.5 + jitter());
                     tokio::time::sleep(wait).await;
@@ -521,8 +645,8 @@ impl KubeNodeActions {
             let present: BTreeSet<String> = self
                 .current_pods(node, view)
                 .await?
-                .iter()
-                .filter_map(|p| p.metadata.uid.clone())
+                .into_iter()
+                .map(|p| p.uid)
                 .collect();
             left.retain(|(_, uid)| present.contains(uid));
             if left.is_empty() || Instant::now() >= deadline {
@@ -565,66 +689,103 @@ impl KubeNodeActions {
         }
     }
 
-    async fn current_pods(&self, node: &str, view: &PodView) -> Result<Vec<Pod>, Error> {
+    /// Uses the shared pod watch, waiting (until the deadline) for its first listing.
+    async fn shared_node_pods(&self, node: &str, deadline: Instant) -> Result<PodView, Error> {
+        let used = self
+            .shared_pods
+            .use_it(&self.client, self.config.page_size, &self.limiter)
+            .await;
+        if used.ready(deadline).await {
+            Ok(PodView::Shared(used))
+        } else {
+            Err(api_error(
+                "drain",
+                node,
+                "the shared pod watch did not sync before the deadline",
+            ))
+        }
+    }
+
+    async fn current_pods(&self, node: &str, view: &PodView) -> Result<Vec<PodInfo>, Error> {
         match view {
-            PodView::Watch { store, .. } => Ok(store.state().iter().map(|p| Pod::clone(p)).collect()),
-            PodView::List => self.node_pods(node).await,
+            PodView::Watch { store, .. } => Ok(store.state().iter().map(|p| PodInfo::of(p)).collect()),
+            PodView::Shared(used) => Ok(used.pods_on(node)),
+            PodView::List => Ok(self.node_pods(node).await?.iter().map(PodInfo::of).collect()),
         }
     }
 
     async fn drain_inner(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
         let deadline = later(options.timeout);
-        // The node must exist (a missing node is not "drained").
-        self.get_node("drain", node).await?;
+        // The node must exist (a missing node is not "drained"): read it, unless this
+        // `KubeNodeActions` read or wrote it moments ago (a handler cordons just before).
+        if self.take_recent(node).is_none() {
+            self.get_node("drain", node).await?;
+        }
         let mut report = DrainReport::default();
-        let mut waves: [Vec<(PodRef, String)>; 2] = [Vec::new(), Vec::new()];
         let view = match self.config.pod_source {
             PodSource::Watch => self.watch_node_pods(node, deadline).await?,
+            PodSource::Shared => self.shared_node_pods(node, deadline).await?,
             PodSource::List => PodView::List,
         };
-        for p in self.current_pods(node, &view).await? {
-            let r = pod_ref(&p);
-            if let Some(reason) = skip_reason(&p, options) {
-                tracing::info!(node, pod = %r, reason, "drain skips pod");
-                report.skipped.push(r);
-                continue;
-            }
-            waves[usize::from(critical(&p))].push((r, p.metadata.uid.clone().unwrap_or_default()));
-        }
         let pdb_retries = std::sync::atomic::AtomicU32::new(0);
         let mut remaining: Vec<PodRef> = Vec::new();
-        for (i, wave) in waves.iter().enumerate() {
-            if wave.is_empty() {
-                continue;
+        let mut seen: HashSet<String> = HashSet::new();
+        // The shared watch may not have delivered a pod bound just before the cordon: a second
+        // round evicts what the first did not know of.
+        let rounds = if matches!(view, PodView::Shared(_)) { 2 } else { 1 };
+        for round in 0..rounds {
+            let mut waves: [Vec<(PodRef, String)>; 2] = [Vec::new(), Vec::new()];
+            for p in self.current_pods(node, &view).await? {
+                if !seen.insert(p.uid.clone()) {
+                    continue;
+                }
+                if let Some(reason) = p.skip_reason(options) {
+                    tracing::info!(node, pod = %p.pod, reason, "drain skips pod");
+                    report.skipped.push(p.pod);
+                    continue;
+                }
+                waves[usize::from(p.critical)].push((p.pod, p.uid));
+            }
+            if round > 0 && waves.iter().all(Vec::is_empty) {
+                break;
+            }
+            for (i, wave) in waves.iter().enumerate() {
+                if wave.is_empty() {
+                    continue;
+                }
+                if !remaining.is_empty() {
+                    // The previous wave did not finish: later waves are not started.
+                    remaining.extend(wave.iter().map(|(p, _)| p.clone()));
+                    continue;
+                }
+                let results = join_all(
+                    wave.iter()
+                        .map(|(p, _)| self.evict_one(node, p, options, deadline, &pdb_retries)),
+                )
+                .await;
+                let mut evicted = Vec::new();
+                for ((p, uid), res) in wave.iter().zip(results) {
+                    if res? {
+                        evicted.push((p.clone(), uid.clone()));
+                    } else {
+                        remaining.push(p.clone());
+                    }
+                }
+                let left = self.wait_gone(node, &view, &evicted, deadline).await?;
+                report.evicted.extend(
+                    evicted
+                        .iter()
+                        .map(|(p, _)| p.clone())
+                        .filter(|p| !left.contains(p)),
+                );
+                tracing::debug!(node, round, wave = i, left = left.len(), "drain wave done");
+                remaining.extend(left);
             }
             if !remaining.is_empty() {
-                // The previous wave did not finish: later waves are not started.
-                remaining.extend(wave.iter().map(|(p, _)| p.clone()));
-                continue;
+                break;
             }
-            let results = join_all(
-                wave.iter()
-                    .map(|(p, _)| self.evict_one(node, p, options, deadline, &pdb_retries)),
-            )
-            .await;
-            let mut evicted = Vec::new();
-            for ((p, uid), res) in wave.iter().zip(results) {
-                if res? {
-                    evicted.push((p.clone(), uid.clone()));
-                } else {
-                    remaining.push(p.clone());
-                }
-            }
-            let left = self.wait_gone(node, &view, &evicted, deadline).await?;
-            report.evicted.extend(
-                evicted
-                    .iter()
-                    .map(|(p, _)| p.clone())
-                    .filter(|p| !left.contains(p)),
-            );
-            tracing::debug!(node, wave = i, left = left.len(), "drain wave done");
-            remaining.extend(left);
         }
+        drop(view);
         report.pdb_retries = pdb_retries.into_inner();
         if remaining.is_empty() {
             return Ok(report);
@@ -661,14 +822,7 @@ impl NodeActions for KubeNodeActions {
         }
         self.patch_node("cordon", node, json!({"spec": {"unschedulable": true}}))
             .await?;
-        self.event(
-            node,
-            EventType::Normal,
-            "Cordon",
-            "Cordon",
-            format!("Node {node} cordoned"),
-        )
-        .await;
+        self.cordon_event(node).await;
         Ok(())
     }
 
@@ -680,9 +834,9 @@ impl NodeActions for KubeNodeActions {
         self.patch_node("uncordon", node, json!({"spec": {"unschedulable": null}}))
             .await?;
         self.event(
+            Priority::High,
             node,
             EventType::Normal,
-            "Uncordon",
             "Uncordon",
             format!("Node {node} uncordoned"),
         )
@@ -695,15 +849,7 @@ impl NodeActions for KubeNodeActions {
             .modify_taints("taint", node, |ts| upsert_taint(ts, taint))
             .await?;
         if changed {
-            let value = taint.value.as_deref().unwrap_or_default();
-            self.event(
-                node,
-                EventType::Normal,
-                "Taint",
-                "Taint",
-                format!("Taint {}={}:{} added", taint.key, value, taint.effect),
-            )
-            .await;
+            self.taint_event(node, taint).await;
         }
         Ok(changed)
     }
@@ -714,9 +860,9 @@ impl NodeActions for KubeNodeActions {
             .await?;
         if changed {
             self.event(
+                Priority::High,
                 node,
                 EventType::Normal,
-                "Untaint",
                 "Untaint",
                 format!("Taint {key}:{effect} removed"),
             )
@@ -744,14 +890,37 @@ impl NodeActions for KubeNodeActions {
     }
 
     async fn get(&self, node: &str) -> Result<NodeState, Error> {
-        Ok(node_state(self.get_node("get", node).await?))
+        let n = self.get_node("get", node).await?;
+        self.remember(&n);
+        Ok(node_state(n))
+    }
+
+    async fn cordon_with(&self, node: &str, with: &CordonWith) -> Result<(), Error> {
+        let base = self.take_recent(node);
+        let marked = self
+            .with_node_lock(
+                node,
+                self.update_node_locked("cordon", node, base, |n| {
+                    let m = mark(n, with);
+                    (m != Marked::default()).then_some(m)
+                }),
+            )
+            .await?
+            .unwrap_or_default();
+        if let (true, Some(taint)) = (marked.tainted, &with.taint) {
+            self.taint_event(node, taint).await;
+        }
+        if marked.cordoned {
+            self.cordon_event(node).await;
+        }
+        Ok(())
     }
 
     async fn drain(&self, node: &str, options: &DrainOptions) -> Result<DrainReport, Error> {
         self.event(
+            Priority::Normal,
             node,
             EventType::Normal,
-            "Drain",
             "Drain",
             format!("Draining node {node}"),
         )
@@ -765,100 +934,53 @@ impl NodeActions for KubeNodeActions {
                     r.skipped.len(),
                     r.forced.len()
                 );
-                self.event(node, EventType::Normal, "Drained", "Drain", note)
+                self.event(Priority::Normal, node, EventType::Normal, "Drained", note)
                     .await;
             }
             Err(e) => {
-                self.event(node, EventType::Warning, "DrainFailed", "Drain", e.to_string())
-                    .await
+                self.event(
+                    Priority::Normal,
+                    node,
+                    EventType::Warning,
+                    "DrainFailed",
+                    e.to_string(),
+                )
+                .await
             }
         }
         result
     }
 }
 
+impl KubeNodeActions {
+    async fn cordon_event(&self, node: &str) {
+        self.event(
+            Priority::High,
+            node,
+            EventType::Normal,
+            "Cordon",
+            format!("Node {node} cordoned"),
+        )
+        .await;
+    }
+
+    async fn taint_event(&self, node: &str, taint: &Taint) {
+        let value = taint.value.as_deref().unwrap_or_default();
+        self.event(
+            Priority::High,
+            node,
+            EventType::Normal,
+            "Taint",
+            format!("Taint {}={}:{} added", taint.key, value, taint.effect),
+        )
+        .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, PodSpec, Volume};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-
-    fn pod(name: &str) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("default".into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec::default()),
-            status: None,
-        }
-    }
-
-    #[test]
-    fn skip_rules() {
-        let opts = DrainOptions::default();
-        assert_eq!(skip_reason(&pod("a"), &opts), None);
-        let mut mirror = pod("m");
-        mirror.metadata.annotations = Some([(MIRROR_ANNOTATION.to_owned(), "x".to_owned())].into());
-        assert_eq!(skip_reason(&mirror, &opts), Some("mirror pod"));
-        let mut ds = pod("d");
-        ds.metadata.owner_references = Some(vec![OwnerReference {
-            api_version: "apps/v1".into(),
-            kind: "DaemonSet".into(),
-            name: "ds".into(),
-            uid: "u".into(),
-            controller: Some(true),
-            block_owner_deletion: None,
-        }]);
-        assert_eq!(skip_reason(&ds, &opts), Some("DaemonSet pod"));
-        assert_eq!(
-            skip_reason(
-                &ds,
-                &DrainOptions {
-                    ignore_daemonsets: false,
-                    ..opts.clone()
-                }
-            ),
-            None
-        );
-        let own = DrainOptions {
-            skip_pod: Some(PodRef {
-                namespace: "default".into(),
-                name: "a".into(),
-            }),
-            ..opts.clone()
-        };
-        assert_eq!(skip_reason(&pod("a"), &own), Some("own pod"));
-        let mut ed = pod("e");
-        ed.spec.as_mut().unwrap().volumes = Some(vec![Volume {
-            name: "v".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        }]);
-        assert_eq!(skip_reason(&ed, &opts), None);
-        assert!(
-            skip_reason(
-                &ed,
-                &DrainOptions {
-                    delete_emptydir_data: false,
-                    ..opts
-                }
-            )
-            .is_some()
-        );
-    }
-
-    #[test]
-    fn critical_pods_go_last() {
-        let mut p = pod("c");
-        assert!(!critical(&p));
-        p.spec.as_mut().unwrap().priority_class_name = Some("system-node-critical".into());
-        assert!(critical(&p));
-        let mut q = pod("q");
-        q.spec.as_mut().unwrap().priority = Some(2_000_001_000);
-        assert!(critical(&q));
-    }
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     #[test]
     fn taint_list_edits() {
@@ -894,6 +1016,58 @@ mod tests {
             json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p", "namespace": "ns"}, "deleteOptions": {"gracePeriodSeconds": 5}})
         );
         assert!(eviction_body(&p, None).get("deleteOptions").is_none());
+    }
+
+    #[test]
+    fn mark_writes_everything_at_once_and_reports_changes() {
+        let mut n = Node {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([("gone".to_owned(), "1".to_owned())])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                taints: Some(vec![KubeTaint {
+                    key: "other".into(),
+                    value: Some("x".into()),
+                    effect: "NoSchedule".into(),
+                    time_added: None,
+                }]),
+                ..Default::default()
+            }),
+            ..Node::default()
+        };
+        let with = CordonWith {
+            annotations: BTreeMap::from([
+                ("ours".to_owned(), Some("1".to_owned())),
+                ("gone".to_owned(), None),
+            ]),
+            labels: BTreeMap::from([("l".to_owned(), Some("v".to_owned()))]),
+            taint: Some(Taint::new("spot-itn", "e1", TaintEffect::NoSchedule)),
+        };
+        assert_eq!(
+            mark(&mut n, &with),
+            Marked {
+                metadata: true,
+                tainted: true,
+                cordoned: true
+            }
+        );
+        let spec = n.spec.as_ref().unwrap();
+        assert_eq!(spec.unschedulable, Some(true));
+        let keys: Vec<&str> = spec
+            .taints
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|t| t.key.as_str())
+            .collect();
+        assert_eq!(keys, ["other", "spot-itn"]);
+        assert_eq!(
+            n.metadata.annotations,
+            Some(BTreeMap::from([("ours".to_owned(), "1".to_owned())]))
+        );
+        assert_eq!(n.metadata.labels.as_ref().unwrap()["l"], "v");
+        assert_eq!(mark(&mut n, &with), Marked::default(), "nothing left to change");
     }
 
     #[test]

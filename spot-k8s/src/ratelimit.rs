@@ -1,10 +1,16 @@
 //! A client-side token bucket shared by every caller of one API client (client-go's
 //! `QPS`/`Burst`), on `tokio::time` so tests can pause time.
+//!
+//! Callers take a token with a [`Priority`]. [`Priority::High`] callers are served before any
+//! waiting [`Priority::Normal`] caller: node actions (cordon, taint, the handler's progress
+//! annotations) do not queue behind thousands of evictions, so a wave of spot notices gets every
+//! node cordoned first and drained afterwards. Within a class callers are served in arrival order.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
 /// Errors of rate limiter construction.
@@ -18,10 +24,33 @@ pub enum Error {
     Burst,
 }
 
+/// Which class a caller waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Served before every waiting normal caller (node reads and writes).
+    High,
+    /// Everything else (evictions, pod lists and watches, events about drains).
+    #[default]
+    Normal,
+}
+
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
     last: Instant,
+}
+
+#[derive(Debug)]
+struct Shared {
+    bucket: Mutex<Bucket>,
+    /// Normal callers pass one at a time, so a high caller waits behind at most one of them.
+    normal_gate: Mutex<()>,
+    /// High callers waiting for (or taking) a token.
+    high_waiting: AtomicUsize,
+    /// Signalled when `high_waiting` drops to zero.
+    high_done: Notify,
+    /// Tokens handed out, per class.
+    granted: [AtomicU64; 2],
 }
 
 /// A token bucket: `qps` tokens per second, at most `burst` stored. Clones share the bucket.
@@ -29,7 +58,25 @@ struct Bucket {
 pub struct RateLimiter {
     qps: f64,
     burst: f64,
-    bucket: Arc<Mutex<Bucket>>,
+    shared: Arc<Shared>,
+}
+
+/// Counts a high-priority caller while it waits, also when its future is dropped.
+struct HighWaiting<'a>(&'a Shared);
+
+impl<'a> HighWaiting<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.high_waiting.fetch_add(1, Ordering::SeqCst);
+        HighWaiting(shared)
+    }
+}
+
+impl Drop for HighWaiting<'_> {
+    fn drop(&mut self) {
+        if self.0.high_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.high_done.notify_waiters();
+        }
+    }
 }
 
 impl RateLimiter {
@@ -41,41 +88,82 @@ impl RateLimiter {
         if burst == 0 {
             return Err(Error::Burst);
         }
-        Ok(RateLimiter {
-            qps,
-            burst: f64::from(burst),
-            bucket: Arc::new(Mutex::new(Bucket {
-                tokens: f64::from(burst),
-                last: Instant::now(),
-            })),
-        })
+        Ok(Self::build(qps, f64::from(burst)))
     }
 
     /// A limiter that never waits.
     pub fn unlimited() -> Self {
+        Self::build(f64::INFINITY, f64::INFINITY)
+    }
+
+    fn build(qps: f64, burst: f64) -> Self {
         RateLimiter {
-            qps: f64::INFINITY,
-            burst: f64::INFINITY,
-            bucket: Arc::new(Mutex::new(Bucket {
-                tokens: f64::INFINITY,
-                last: Instant::now(),
-            })),
+            qps,
+            burst,
+            shared: Arc::new(Shared {
+                bucket: Mutex::new(Bucket {
+                    tokens: burst,
+                    last: Instant::now(),
+                }),
+                normal_gate: Mutex::new(()),
+                high_waiting: AtomicUsize::new(0),
+                high_done: Notify::new(),
+                granted: [AtomicU64::new(0), AtomicU64::new(0)],
+            }),
         }
     }
 
-    /// Waits for a token. Callers are served in arrival order (the bucket lock is fair).
+    /// Waits for a token with [`Priority::Normal`].
     pub async fn acquire(&self) {
+        self.acquire_with(Priority::Normal).await;
+    }
+
+    /// Waits for a token. High-priority callers go before every waiting normal one (a normal
+    /// caller already taking its token finishes first); within a class, arrival order.
+    pub async fn acquire_with(&self, priority: Priority) {
+        let shared = &*self.shared;
         if self.qps.is_infinite() {
+            shared.granted[priority as usize].fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut bucket = self.bucket.lock().await;
+        match priority {
+            Priority::High => {
+                let _waiting = HighWaiting::new(shared);
+                self.take().await;
+            }
+            Priority::Normal => {
+                let _gate = shared.normal_gate.lock().await;
+                loop {
+                    let done = shared.high_done.notified();
+                    tokio::pin!(done);
+                    // Registered before the check, so a wake-up between the two is not lost.
+                    done.as_mut().enable();
+                    if shared.high_waiting.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
+                    done.await;
+                }
+                self.take().await;
+            }
+        }
+        shared.granted[priority as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many tokens callers of `priority` took so far (each is one API request).
+    pub fn granted(&self, priority: Priority) -> u64 {
+        self.shared.granted[priority as usize].load(Ordering::Relaxed)
+    }
+
+    async fn take(&self) {
+        let mut bucket = self.shared.bucket.lock().await;
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.qps).min(self.burst);
         bucket.last = now;
         if bucket.tokens < 1.0 {
             let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / self.qps);
-            // Holding the lock while sleeping keeps later callers queued behind this one.
+            // Holding the lock while sleeping keeps later callers queued behind this one (the
+            // lock is fair).
             tokio::time::sleep(wait).await;
             bucket.tokens = 1.0;
             bucket.last = Instant::now();
@@ -112,14 +200,65 @@ mod tests {
         let b = a.clone();
         let start = Instant::now();
         a.acquire().await;
-        b.acquire().await;
+        b.acquire_with(Priority::High).await;
         a.acquire().await;
         assert!(
             start.elapsed() >= Duration::from_millis(999),
             "{:?}",
             start.elapsed()
         );
-        RateLimiter::unlimited().acquire().await;
+        let unlimited = RateLimiter::unlimited();
+        unlimited.acquire().await;
+        unlimited.acquire_with(Priority::High).await;
+        assert_eq!(a.granted(Priority::Normal), 2);
+        assert_eq!(b.granted(Priority::High), 1);
+        assert_eq!(unlimited.granted(Priority::High), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn high_priority_goes_before_waiting_normal_callers() {
+        let limiter = RateLimiter::new(10.0, 1).unwrap();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let spawn = |name: &'static str, priority: Priority| {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            tokio::spawn(async move {
+                limiter.acquire_with(priority).await;
+                order.lock().unwrap().push(name);
+            })
+        };
+        let mut tasks = Vec::new();
+        for name in ["n1", "n2", "n3", "n4", "n5"] {
+            tasks.push(spawn(name, Priority::Normal));
+            tokio::task::yield_now().await;
+        }
+        // The normal callers are queued (one takes the burst token, the next sleeps for its
+        // token); now three high callers arrive.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for name in ["h1", "h2", "h3"] {
+            tasks.push(spawn(name, Priority::High));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order.len(), 8);
+        // n1 had the burst token and n2 was already sleeping for the next one; the high
+        // callers come next, in arrival order, then the other normal callers in theirs.
+        assert_eq!(order, ["n1", "n2", "h1", "h2", "h3", "n3", "n4", "n5"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_high_caller_does_not_block_normal_ones() {
+        let limiter = RateLimiter::new(1.0, 1).unwrap();
+        limiter.acquire().await;
+        // A high caller gives up while it waits for its token.
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(10), limiter.acquire_with(Priority::High)).await;
+        assert!(waiting.is_err());
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert!(start.elapsed() <= Duration::from_secs(1), "{:?}", start.elapsed());
     }
 
     #[test]

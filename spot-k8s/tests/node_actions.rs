@@ -11,8 +11,11 @@ use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::Api;
 use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
-use spot_core::node::{DrainOptions, Error, MetadataPatch, NodeActions, PodRef, Taint, TaintEffect};
+use spot_core::node::{
+    CordonWith, DrainOptions, Error, MetadataPatch, NodeActions, PodRef, Taint, TaintEffect,
+};
 use spot_k8s::actions::{ActionsConfig, KubeNodeActions, PodSource};
+use spot_k8s::ratelimit::Priority;
 use spot_k8s::sim::SimConfig;
 
 fn fast() -> ActionsConfig {
@@ -546,4 +549,151 @@ async fn taint_and_drain_publish_events_and_share_the_rate_limit() {
             "{want} missing from {reasons:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cordon_with_is_one_write_after_a_get_and_survives_a_concurrent_writer() {
+    let ts = TestSim::start(SimConfig::default()).await;
+    let mut n = node("n1");
+    n["spec"]["taints"] = json!([{"key": "someone-else/keep", "value": "x", "effect": "NoSchedule"}]);
+    ts.sim().insert(n).unwrap();
+    ts.sim().insert(node("n2")).unwrap();
+    let limiter = spot_k8s::RateLimiter::unlimited();
+    let reporter = Reporter {
+        controller: "spot-nth".into(),
+        instance: None,
+    };
+    let actions = KubeNodeActions::new(ts.client())
+        .with_rate_limiter(limiter.clone())
+        .with_event_annotations([("team".to_owned(), "spot".to_owned())].into())
+        .with_events(reporter);
+    let with = CordonWith {
+        annotations: [("nth.spot.dev/phase".to_owned(), Some("cordoned".to_owned()))].into(),
+        labels: [(
+            "node.kubernetes.io/exclude-from-external-load-balancers".to_owned(),
+            Some("x".to_owned()),
+        )]
+        .into(),
+        taint: Some(Taint::new("spot/itn", "e1", TaintEffect::NoSchedule)),
+    };
+    let state = actions.get("n1").await.unwrap();
+    assert!(!state.unschedulable);
+    let before = limiter.granted(Priority::High);
+    actions.cordon_with("n1", &with).await.unwrap();
+    // The node read by `get` is written back: one replace, then the Taint and Cordon events.
+    assert_eq!(limiter.granted(Priority::High) - before, 3);
+    let state = actions.get("n1").await.unwrap();
+    assert!(state.unschedulable);
+    assert_eq!(state.annotations["nth.spot.dev/phase"], "cordoned");
+    assert_eq!(
+        state.labels["node.kubernetes.io/exclude-from-external-load-balancers"],
+        "x"
+    );
+    assert_eq!(taint_keys(ts.sim(), "n1"), ["someone-else/keep", "spot/itn"]);
+    // Nothing left to change: no write, no event (and no read either: the `get` above
+    // serves).
+    let before = limiter.granted(Priority::High);
+    actions.cordon_with("n1", &with).await.unwrap();
+    assert_eq!(limiter.granted(Priority::High) - before, 0);
+    // Without a recent read: one read, still no write.
+    actions.cordon_with("n1", &with).await.unwrap();
+    assert_eq!(limiter.granted(Priority::High) - before, 1);
+
+    // Another writer changes n2 between the get and the cordon: the stale copy gets a 409,
+    // the node is read again, and neither write is lost.
+    actions.get("n2").await.unwrap();
+    let mut other = ts.sim().get("v1", "Node", "", "n2").unwrap();
+    other["spec"]["taints"] = json!([{"key": "late/writer", "value": "y", "effect": "NoExecute"}]);
+    ts.sim().put(other).unwrap();
+    actions.cordon_with("n2", &with).await.unwrap();
+    assert_eq!(taint_keys(ts.sim(), "n2"), ["late/writer", "spot/itn"]);
+    assert!(actions.get("n2").await.unwrap().unschedulable);
+    assert!(matches!(
+        actions.cordon_with("missing", &with).await,
+        Err(Error::NodeNotFound(_))
+    ));
+
+    // Every Event carries the extra annotations.
+    let events: Api<KubeEvent> = Api::namespaced(ts.client(), "default");
+    let list = events.list(&Default::default()).await.unwrap().items;
+    let reasons: Vec<&str> = list.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert!(
+        reasons.contains(&"Cordon") && reasons.contains(&"Taint"),
+        "{reasons:?}"
+    );
+    for e in &list {
+        assert_eq!(
+            e.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("team"))
+                .map(String::as_str),
+            Some("spot"),
+            "{e:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_share_one_pod_watch_that_stops_when_idle() {
+    let ts = TestSim::start(SimConfig {
+        kubelet: true,
+        ..SimConfig::default()
+    })
+    .await;
+    drain_fixture(&ts);
+    let actions = KubeNodeActions::new(ts.client()).with_config(ActionsConfig {
+        pod_source: PodSource::Shared,
+        shared_watch_linger: Duration::from_millis(400),
+        ..fast()
+    });
+    let options = DrainOptions {
+        timeout: Duration::from_secs(20),
+        skip_pod: Some(PodRef {
+            namespace: "kube-system".into(),
+            name: "nth".into(),
+        }),
+        ..DrainOptions::default()
+    };
+    let (r1, r2) = tokio::join!(actions.drain("n1", &options), actions.drain("n2", &options));
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    let mut evicted: Vec<String> = r1.evicted.iter().map(ToString::to_string).collect();
+    evicted.sort();
+    assert_eq!(
+        evicted,
+        [
+            "default/scratch",
+            "default/web-0",
+            "default/web-1",
+            "default/web-2"
+        ]
+    );
+    assert_eq!(r1.skipped.len(), 4, "{r1:?}");
+    assert_eq!(r2.evicted.len(), 2, "{r2:?}");
+    let sim = ts.sim();
+    assert_eq!(pods_on(sim, "n1"), ["ds-n1", "kube-proxy-n1", "leaving", "nth"]);
+    assert!(pods_on(sim, "n2").is_empty());
+    // A pod bound after the watch started is seen by the next drain.
+    sim.insert(running_pod("default", "late", "n2", json!({})))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = actions.drain("n2", &options).await.unwrap();
+    assert_eq!(r.evicted.len(), 1, "{r:?}");
+    // The watch outlives the last drain by the linger, then stops; a later drain starts it
+    // again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sim.insert(running_pod("default", "later", "n2", json!({})))
+        .unwrap();
+    let r = actions.drain("n2", &options).await.unwrap();
+    assert_eq!(
+        r.evicted,
+        [PodRef {
+            namespace: "default".into(),
+            name: "later".into()
+        }]
+    );
+    assert!(
+        actions.drain("missing", &options).await.is_err(),
+        "a missing node is not drained"
+    );
 }

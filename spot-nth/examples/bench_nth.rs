@@ -21,11 +21,12 @@ use serde_json::{Value, json};
 use spot_core::clock::{Clock, TokioClock};
 use spot_core::event::{EventKind, InterruptionEvent, Origin, SpotAction};
 use spot_core::node::{
-    DrainOptions, DrainReport, Error as NodeError, MetadataPatch, NodeActions, NodeState, Taint, TaintEffect,
+    CordonWith, DrainOptions, DrainReport, Error as NodeError, MetadataPatch, NodeActions, NodeState, Taint,
+    TaintEffect,
 };
 use spot_core::source::MemorySource;
-use spot_k8s::actions::KubeNodeActions;
-use spot_k8s::ratelimit::RateLimiter;
+use spot_k8s::actions::{ActionsConfig, KubeNodeActions, PodSource};
+use spot_k8s::ratelimit::{Priority, RateLimiter};
 use spot_k8s::sim::{RunningSim, Sim, SimConfig};
 use spot_nth::handler::{Deps, Handler, HandlerConfig, Lookup, NodeLookup, TAINT_SPOT_ITN};
 use spot_nth::metrics::Metrics;
@@ -75,6 +76,28 @@ struct Common {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Where drains read pods from: one watch shared by all drains (queue mode's choice), a
+    /// watch per drain (metadata mode's), or a list per poll.
+    #[arg(long, value_enum, default_value = "shared")]
+    pod_source: Pods,
+}
+
+/// `--pod-source`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Pods {
+    Shared,
+    Watch,
+    List,
+}
+
+impl Pods {
+    fn source(self) -> PodSource {
+        match self {
+            Pods::Shared => PodSource::Shared,
+            Pods::Watch => PodSource::Watch,
+            Pods::List => PodSource::List,
+        }
+    }
 }
 
 /// `wave`.
@@ -160,10 +183,29 @@ struct Progress {
 /// [`KubeNodeActions`] that records when each cordon and drain returned.
 struct Timed {
     inner: KubeNodeActions,
+    limiter: RateLimiter,
     progress: Mutex<Progress>,
 }
 
 impl Timed {
+    fn record_cordon(&self, node: &str, r: &Result<(), NodeError>) {
+        let mut p = self.progress();
+        match r {
+            Ok(()) => {
+                p.cordoned.entry(node.to_owned()).or_insert_with(Instant::now);
+            }
+            Err(e) => p.failures.push(format!("cordon {node}: {e}")),
+        }
+    }
+
+    /// API requests so far (every one takes a token): node actions, then drains.
+    fn calls(&self) -> (u64, u64) {
+        (
+            self.limiter.granted(Priority::High),
+            self.limiter.granted(Priority::Normal),
+        )
+    }
+
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress
             .lock()
@@ -175,13 +217,12 @@ impl Timed {
 impl NodeActions for Timed {
     async fn cordon(&self, node: &str) -> Result<(), NodeError> {
         let r = self.inner.cordon(node).await;
-        let mut p = self.progress();
-        match &r {
-            Ok(()) => {
-                p.cordoned.entry(node.to_owned()).or_insert_with(Instant::now);
-            }
-            Err(e) => p.failures.push(format!("cordon {node}: {e}")),
-        }
+        self.record_cordon(node, &r);
+        r
+    }
+    async fn cordon_with(&self, node: &str, with: &CordonWith) -> Result<(), NodeError> {
+        let r = self.inner.cordon_with(node, with).await;
+        self.record_cordon(node, &r);
         r
     }
     async fn uncordon(&self, node: &str) -> Result<(), NodeError> {
@@ -248,7 +289,13 @@ fn engine(running: &RunningSim, c: &Common, source: Arc<MemorySource>) -> Result
     let client = kube::Client::try_from(config)?;
     let limiter = RateLimiter::new(c.qps, c.burst)?;
     let timed = Arc::new(Timed {
-        inner: KubeNodeActions::new(client).with_rate_limiter(limiter),
+        inner: KubeNodeActions::new(client)
+            .with_rate_limiter(limiter.clone())
+            .with_config(ActionsConfig {
+                pod_source: c.pod_source.source(),
+                ..ActionsConfig::default()
+            }),
+        limiter,
         progress: Mutex::default(),
     });
     let timeout = Duration::from_secs(c.timeout);
@@ -346,8 +393,9 @@ async fn wave(w: &Wave) -> Result<Vec<Value>> {
         };
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
+            let (high, normal) = timed.calls();
             eprintln!(
-                "bench_nth: {prefix}: {:.0} s: {cordoned} cordoned, {drained} drained, {failures} failures",
+                "bench_nth: {prefix}: {:.0} s: {cordoned} cordoned, {drained} drained, {failures} failures; {high} + {normal} API calls",
                 start.elapsed().as_secs_f64()
             );
         }
@@ -454,6 +502,19 @@ async fn wave(w: &Wave) -> Result<Vec<Value>> {
             None,
         ));
     }
+    let (high, normal) = timed.calls();
+    out.push(figure(
+        &format!("{prefix}.api_calls_per_node"),
+        Some((high + normal) as f64 / c.nodes.max(1) as f64),
+        "calls",
+        Some(format!(
+            "{high} node reads and writes (high priority) and {normal} drain calls (evictions, pod \
+             watch starts; normal priority) for {} nodes{}; drains read pods from {:?}",
+            c.nodes,
+            if finished { "" } else { " (unfinished wave)" },
+            c.pod_source
+        )),
+    ));
     drop(p);
     Ok(out)
 }

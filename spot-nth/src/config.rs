@@ -158,8 +158,8 @@ pub struct Settings {
         default_value = "http://169.254.169.254"
     )]
     pub instance_metadata_url: String,
-    /// Attempts per metadata request on transport errors.
-    #[arg(long, global = true, default_value_t = 3)]
+    /// Attempts per metadata request on transport errors (2 s, then doubling, with jitter).
+    #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub metadata_tries: u32,
     /// How often to poll the metadata service.
     #[arg(long, global = true, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -327,7 +327,7 @@ pub struct Settings {
     /// Emit Kubernetes Events for every action.
     #[arg(long, global = true, default_value = "false", value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub emit_kubernetes_events: bool,
-    /// Extra annotations on those events, `k=v,k2=v2`.
+    /// Annotations added to every one of those events, `k=v,k2=v2`.
     #[arg(long, global = true, default_value = "")]
     pub kubernetes_events_extra_annotations: String,
     /// JSON logs.
@@ -558,6 +558,33 @@ impl Settings {
         Ok(out)
     }
 
+    /// The annotations of KUBERNETES_EVENTS_EXTRA_ANNOTATIONS (`k=v,k2=v2`; blanks around
+    /// entries and empty entries are ignored). A value may not contain `,`; a key must be a
+    /// valid annotation key (`[prefix/]name`).
+    pub fn events_extra_annotations(&self) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        let mut out = std::collections::BTreeMap::new();
+        for entry in self
+            .kubernetes_events_extra_annotations
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let Some((key, value)) = entry.split_once('=') else {
+                return Err(Error::Invalid(format!(
+                    "KUBERNETES_EVENTS_EXTRA_ANNOTATIONS entry {entry:?} is not KEY=VALUE"
+                )));
+            };
+            let key = key.trim();
+            if let Err(why) = check_annotation_key(key) {
+                return Err(Error::Invalid(format!(
+                    "KUBERNETES_EVENTS_EXTRA_ANNOTATIONS: annotation key {key:?} is invalid: {why}"
+                )));
+            }
+            out.insert(key.to_owned(), value.trim().to_owned());
+        }
+        Ok(out)
+    }
+
     /// The policy for a scheduled-event code.
     pub fn scheduled_policy(&self, code: &str) -> Result<ScheduledPolicy, Error> {
         Ok(self
@@ -571,6 +598,10 @@ impl Settings {
     pub fn validate(&self, mode: Mode) -> Result<(), Error> {
         // A typo in a per-code policy fails at start-up, not at the first event.
         self.scheduled_code_policies()?;
+        // As in NTH, the annotations are read only when events are on.
+        if self.emit_kubernetes_events {
+            self.events_extra_annotations()?;
+        }
         if mode == Mode::Imds && self.node_name.as_deref().unwrap_or_default().is_empty() {
             return Err(Error::Invalid(
                 "NODE_NAME (--node-name) is required in metadata mode".into(),
@@ -630,6 +661,44 @@ impl Settings {
             self.heartbeat_until
         }
     }
+}
+
+/// Checks a Kubernetes annotation key: an optional DNS-subdomain prefix (at most 253
+/// characters) and `/`, then a name of at most 63 characters, alphanumeric at both ends with
+/// `-`, `_` and `.` inside.
+fn check_annotation_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if p.is_empty() || p.len() > 253 || !p.split('.').all(label_ok) {
+            return Err(format!("prefix {p:?} is not a lowercase DNS subdomain"));
+        }
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 63 {
+        return Err("the name must have 1 to 63 characters".into());
+    }
+    if !alnum(name.chars().next())
+        || !alnum(name.chars().last())
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "the name {name:?} must be alphanumeric at both ends, with only '-', '_' and '.' inside"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -809,6 +878,78 @@ mod tests {
             s.scheduled_policy("instance-stop").unwrap(),
             ScheduledPolicy::CordonAndDrain
         );
+    }
+
+    #[test]
+    fn events_extra_annotations() {
+        let cli = parse(
+            &[],
+            &[(
+                "KUBERNETES_EVENTS_EXTRA_ANNOTATIONS",
+                "team=spot, example.com/owner=platform,,cost-center=",
+            )],
+        )
+        .unwrap();
+        let a = cli.settings.events_extra_annotations().unwrap();
+        assert_eq!(
+            a.into_iter().collect::<Vec<_>>(),
+            [
+                ("cost-center".to_owned(), String::new()),
+                ("example.com/owner".to_owned(), "platform".to_owned()),
+                ("team".to_owned(), "spot".to_owned()),
+            ]
+        );
+        assert!(
+            parse(&[], &[])
+                .unwrap()
+                .settings
+                .events_extra_annotations()
+                .unwrap()
+                .is_empty()
+        );
+        for bad in [
+            "team",
+            "=x",
+            "Bad_Prefix.com/x=1",
+            "-x=1",
+            &format!("{}=1", "n".repeat(64)),
+        ] {
+            let cli = parse(
+                &[],
+                &[
+                    ("NODE_NAME", "n"),
+                    ("EMIT_KUBERNETES_EVENTS", "true"),
+                    ("KUBERNETES_EVENTS_EXTRA_ANNOTATIONS", bad),
+                ],
+            )
+            .unwrap();
+            let err = cli.settings.validate(Mode::Imds).unwrap_err().to_string();
+            assert!(
+                err.contains("KUBERNETES_EVENTS_EXTRA_ANNOTATIONS"),
+                "{bad}: {err}"
+            );
+            // With events off the value is never read, as in NTH.
+            let cli = parse(
+                &[],
+                &[("NODE_NAME", "n"), ("KUBERNETES_EVENTS_EXTRA_ANNOTATIONS", bad)],
+            )
+            .unwrap();
+            cli.settings.validate(Mode::Imds).unwrap();
+        }
+    }
+
+    #[test]
+    fn metadata_tries_must_be_positive() {
+        assert_eq!(parse(&[], &[]).unwrap().settings.metadata_tries, 3);
+        assert_eq!(
+            parse(&[], &[("METADATA_TRIES", "5")])
+                .unwrap()
+                .settings
+                .metadata_tries,
+            5
+        );
+        let err = parse(&[], &[("METADATA_TRIES", "0")]).unwrap_err().to_string();
+        assert!(err.contains("METADATA_TRIES"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use spot_core::clock::Clock;
 use spot_core::event::{EventKind, InterruptionEvent, LifecycleAction, LifecycleTransition, ScheduledState};
-use spot_core::node::{DrainOptions, MetadataPatch, NodeActions, NodeState, Taint, TaintEffect};
+use spot_core::node::{CordonWith, DrainOptions, MetadataPatch, NodeActions, NodeState, Taint, TaintEffect};
 use spot_core::source::{AckHandle, Delivery, EventSource};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, Semaphore};
@@ -572,21 +572,22 @@ impl Handler {
             // No uncordon after a reboot for a node taken over by an interruption.
             record.insert(ANN_SCHEDULED_CODE.to_owned(), None);
         }
-        let result = async {
-            self.nodes.annotate(node, &record).await?;
-            if self.cfg.exclude_from_load_balancers {
-                let label = BTreeMap::from([(
-                    LABEL_EXCLUDE_LB.to_owned(),
-                    Some(LABEL_EXCLUDE_LB_VALUE.to_owned()),
-                )]);
-                self.nodes.label(node, &label).await?;
-            }
-            if let (true, Some(key)) = (self.cfg.taint_node, taint) {
-                self.nodes.taint(node, &self.taint_for(key, event)).await?;
-            }
-            self.nodes.cordon(node).await
+        let mut with = CordonWith {
+            annotations: record,
+            ..CordonWith::default()
+        };
+        if self.cfg.exclude_from_load_balancers {
+            with.labels.insert(
+                LABEL_EXCLUDE_LB.to_owned(),
+                Some(LABEL_EXCLUDE_LB_VALUE.to_owned()),
+            );
         }
-        .await;
+        if let (true, Some(key)) = (self.cfg.taint_node, taint) {
+            with.taint = Some(self.taint_for(key, event));
+        }
+        // One write where the node actions allow it: the record, label, taint and cordon
+        // land together.
+        let result = self.nodes.cordon_with(node, &with).await;
         self.metrics
             .action("cordon", if result.is_ok() { "success" } else { "error" });
         result?;

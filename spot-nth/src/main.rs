@@ -16,7 +16,7 @@ use spot_core::event::LifecycleAction;
 use spot_core::leader::{AlwaysLeader, LeaderGate};
 use spot_core::node::{DrainOptions, NodeActions, PodRef};
 use spot_core::source::EventSource;
-use spot_k8s::actions::KubeNodeActions;
+use spot_k8s::actions::{ActionsConfig, KubeNodeActions, PodSource};
 use spot_k8s::lease::{LeaseElector, LeaseLock, LeaseTiming};
 use spot_k8s::ratelimit::RateLimiter;
 use spot_nth::config::{self, Cli, LogLevel, Mode, Settings};
@@ -185,6 +185,47 @@ fn handler_config(s: &Settings, mode: Mode) -> Result<HandlerConfig> {
     })
 }
 
+/// The node actions: drains in queue mode (many nodes at once) share one pod watch; in
+/// metadata mode (this node only) each drain watches its node's pods. Events, when on, carry
+/// KUBERNETES_EVENTS_EXTRA_ANNOTATIONS.
+fn node_actions(
+    s: &Settings,
+    mode: Mode,
+    client: kube::Client,
+    limiter: RateLimiter,
+    identity: &str,
+) -> Result<KubeNodeActions> {
+    let mut actions = KubeNodeActions::new(client)
+        .with_rate_limiter(limiter)
+        .with_config(ActionsConfig {
+            pod_source: match mode {
+                Mode::Queue => PodSource::Shared,
+                Mode::Imds => PodSource::Watch,
+            },
+            ..ActionsConfig::default()
+        });
+    if s.emit_kubernetes_events {
+        actions = actions
+            .with_events(kube::runtime::events::Reporter {
+                controller: "spot-nth".into(),
+                instance: Some(identity.to_owned()),
+            })
+            .with_event_annotations(s.events_extra_annotations()?);
+    }
+    Ok(actions)
+}
+
+/// The IMDS client settings (METADATA_TRIES attempts per request on transport errors).
+fn imds_config(s: &Settings) -> ImdsConfig {
+    ImdsConfig {
+        endpoint: s.instance_metadata_url.trim_end_matches('/').to_owned(),
+        allow_imdsv1: s.allow_imdsv1,
+        poll_interval: s.metadata_poll_interval,
+        tries: s.metadata_tries,
+        ..ImdsConfig::default()
+    }
+}
+
 fn webhook(s: &Settings) -> Result<Option<Webhook>> {
     let url = match (&s.webhook_url, &s.webhook_url_file) {
         (Some(url), _) => url.clone(),
@@ -304,14 +345,7 @@ async fn run(cli: Cli) -> Result<()> {
         .clone()
         .or_else(|| s.node_name.clone())
         .unwrap_or_else(|| "spot-nth".to_owned());
-    let mut actions = KubeNodeActions::new(client.clone()).with_rate_limiter(limiter);
-    if s.emit_kubernetes_events {
-        actions = actions.with_events(kube::runtime::events::Reporter {
-            controller: "spot-nth".into(),
-            instance: Some(identity.clone()),
-        });
-    }
-    let nodes: Arc<dyn NodeActions> = Arc::new(actions);
+    let nodes: Arc<dyn NodeActions> = Arc::new(node_actions(&s, mode, client.clone(), limiter, &identity)?);
 
     let Wiring {
         source,
@@ -321,13 +355,7 @@ async fn run(cli: Cli) -> Result<()> {
     } = match mode {
         Mode::Imds => {
             let node = s.node_name.clone().unwrap_or_default();
-            let imds = ImdsConfig {
-                endpoint: s.instance_metadata_url.trim_end_matches('/').to_owned(),
-                allow_imdsv1: s.allow_imdsv1,
-                poll_interval: s.metadata_poll_interval,
-                ..ImdsConfig::default()
-            };
-            let source = ImdsSource::new(&imds)?.with_clock(clock.clone());
+            let source = ImdsSource::new(&imds_config(&s))?.with_clock(clock.clone());
             Wiring {
                 source: Arc::new(source),
                 lookup: Arc::new(ThisNode(node)),
@@ -502,6 +530,50 @@ mod tests {
             Some("eu-west-1")
         );
         assert_eq!(region_of_queue_url("http://127.0.0.1:5000/123/q"), None);
+    }
+
+    fn settings(env: &[(&str, &str)]) -> Settings {
+        let env: std::collections::HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        config::parse_from(["spot-nth"], |k| env.get(k).cloned())
+            .unwrap()
+            .settings
+    }
+
+    #[test]
+    fn metadata_tries_reach_the_imds_client() {
+        let s = settings(&[
+            ("METADATA_TRIES", "7"),
+            ("INSTANCE_METADATA_URL", "http://127.0.0.1:1338/"),
+        ]);
+        let c = imds_config(&s);
+        assert_eq!(c.tries, 7);
+        assert_eq!(c.endpoint, "http://127.0.0.1:1338");
+        assert_eq!(imds_config(&settings(&[])).tries, 3);
+    }
+
+    #[tokio::test]
+    async fn node_actions_per_mode_with_event_annotations() {
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let limiter = RateLimiter::unlimited();
+        let s = settings(&[
+            ("EMIT_KUBERNETES_EVENTS", "true"),
+            ("KUBERNETES_EVENTS_EXTRA_ANNOTATIONS", "team=spot"),
+        ]);
+        let queue = format!(
+            "{:?}",
+            node_actions(&s, Mode::Queue, client.clone(), limiter.clone(), "me").unwrap()
+        );
+        assert!(
+            queue.contains("Shared") && queue.contains("\"team\": \"spot\""),
+            "{queue}"
+        );
+        let imds = format!(
+            "{:?}",
+            node_actions(&settings(&[]), Mode::Imds, client, limiter, "me").unwrap()
+        );
+        assert!(imds.contains("Watch") && imds.contains("events: false"), "{imds}");
     }
 
     #[test]

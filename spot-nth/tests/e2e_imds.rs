@@ -63,7 +63,14 @@ impl Imds {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_notice_through_imds_taints_cordons_and_drains() {
     let world = Imds::start().await;
-    let mut nth = world.spawn(&[]);
+    let mut nth = world.spawn(&[
+        ("EMIT_KUBERNETES_EVENTS", "true"),
+        (
+            "KUBERNETES_EVENTS_EXTRA_ANNOTATIONS",
+            "team=spot,example.com/owner=platform",
+        ),
+        ("METADATA_TRIES", "5"),
+    ]);
     world.wait_polling(&mut nth).await;
     assert_eq!(world.kube.state(NODE), Default::default());
 
@@ -88,6 +95,26 @@ async fn spot_notice_through_imds_taints_cordons_and_drains() {
     // Polling the same notice again changes nothing: still one drain.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(nth.drains(), [PODS]);
+    // Every Event about the node carries KUBERNETES_EVENTS_EXTRA_ANNOTATIONS.
+    let events = eventually(LIMIT, "the Drained event", || async {
+        let events = world
+            .kube
+            .sim()
+            .list("events.k8s.io/v1", "Event", Some("default"));
+        events.iter().any(|e| e["reason"] == "Drained").then_some(events)
+    })
+    .await;
+    let mut reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["Cordon", "Drain", "Drained", "Taint"]);
+    for e in &events {
+        assert_eq!(
+            e["metadata"]["annotations"],
+            serde_json::json!({"team": "spot", "example.com/owner": "platform"}),
+            "{e}"
+        );
+        assert_eq!(e["regarding"]["name"], NODE);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
