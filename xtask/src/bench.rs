@@ -36,6 +36,30 @@ pub struct BenchArgs {
     /// Skip the release build (use the binaries already in target/release).
     #[arg(long)]
     pub no_build: bool,
+    /// Run only these benchmarks (comma-separated): `nth-wave` (the QPS 200 wave),
+    /// `nth-wave-qps5` (full run only), `nth-latency`, `kube-sim`, `rss`, `size`,
+    /// `provisioning`. The report then holds only their figures.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<Only>,
+}
+
+/// The benchmarks `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// The wave at QPS 200 (200 nodes with --quick, else 1,000).
+    NthWave,
+    /// The 1,000-node wave at NTH's QPS 5 (not with --quick).
+    NthWaveQps5,
+    /// Notice-to-cordon latency.
+    NthLatency,
+    /// spot-kube-sim list and patch throughput.
+    KubeSim,
+    /// Idle RSS of both modes.
+    Rss,
+    /// Binary size.
+    Size,
+    /// Scheduling, packing and consolidation (spot-core's bench_provisioning).
+    Provisioning,
 }
 
 /// One row of the report.
@@ -146,18 +170,23 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let bench_nth = release.join("examples/bench_nth");
     let bench_sim = release.join("examples/bench_kube_sim");
     let mut figures = Vec::new();
+    let runs = |b: Only| args.only.is_empty() || args.only.contains(&b);
 
     // (a) The wave.
     let wave_nodes = if args.quick { "200" } else { "1000" };
-    figures.extend(run_bench(
-        &bench_nth,
-        &[
-            "wave", "--nodes", wave_nodes, "--pods", "20", "--qps", "200", "--burst", "400",
-        ],
-        Duration::from_secs(if args.quick { 150 } else { 900 }),
-        &format!("wave_{wave_nodes}_nodes_20_pods_qps200_burst400_workers{wave_nodes}.all_tainted_cordoned"),
-    ));
-    if !args.quick {
+    if runs(Only::NthWave) {
+        figures.extend(run_bench(
+            &bench_nth,
+            &[
+                "wave", "--nodes", wave_nodes, "--pods", "20", "--qps", "200", "--burst", "400",
+            ],
+            Duration::from_secs(if args.quick { 150 } else { 900 }),
+            &format!(
+                "wave_{wave_nodes}_nodes_20_pods_qps200_burst400_workers{wave_nodes}.all_tainted_cordoned"
+            ),
+        ));
+    }
+    if !args.quick && runs(Only::NthWaveQps5) {
         // NTH's defaults (QPS 5, burst 10) would need about 28,000 API calls / 5 per second
         // (over 90 minutes) for the whole wave: stop once 100 nodes are cordoned.
         figures.extend(run_bench(
@@ -185,68 +214,78 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     // (b) Notice-to-cordon latency: single notices in isolation (the nodes have no pods, so
     // each notice is fully handled quickly), then while earlier nodes' drains go on.
-    figures.extend(run_bench(
-        &bench_nth,
-        &[
-            "latency",
-            "--isolated",
-            "--nodes",
-            "200",
-            "--pods",
-            "0",
-            "--events",
-            "200",
-            "--qps",
-            "200",
-            "--burst",
-            "400",
-            "--timeout",
-            "120",
-        ],
-        Duration::from_secs(150),
-        "notice_to_cordon_isolated_200_nodes_0_pods_qps200_burst400.p50",
-    ));
-    let events = if args.quick { "100" } else { "200" };
-    figures.extend(run_bench(
-        &bench_nth,
-        &[
-            "latency",
-            "--nodes",
-            "200",
-            "--pods",
-            "20",
-            "--events",
-            events,
-            "--qps",
-            "200",
-            "--burst",
-            "400",
-            "--timeout",
-            "120",
-        ],
-        Duration::from_secs(150),
-        "notice_to_cordon_under_drain_load_200_nodes_20_pods_qps200_burst400.p50",
-    ));
+    if runs(Only::NthLatency) {
+        figures.extend(run_bench(
+            &bench_nth,
+            &[
+                "latency",
+                "--isolated",
+                "--nodes",
+                "200",
+                "--pods",
+                "0",
+                "--events",
+                "200",
+                "--qps",
+                "200",
+                "--burst",
+                "400",
+                "--timeout",
+                "120",
+            ],
+            Duration::from_secs(150),
+            "notice_to_cordon_isolated_200_nodes_0_pods_qps200_burst400.p50",
+        ));
+        let events = if args.quick { "100" } else { "200" };
+        figures.extend(run_bench(
+            &bench_nth,
+            &[
+                "latency",
+                "--nodes",
+                "200",
+                "--pods",
+                "20",
+                "--events",
+                events,
+                "--qps",
+                "200",
+                "--burst",
+                "400",
+                "--timeout",
+                "120",
+            ],
+            Duration::from_secs(150),
+            "notice_to_cordon_under_drain_load_200_nodes_20_pods_qps200_burst400.p50",
+        ));
+    }
     // 100,000 pods take about 10 s, so --quick keeps the full size.
-    figures.extend(run_bench(
-        &bench_sim,
-        &["--nodes", "5000", "--pods", "20", "--patches", "1000"],
-        Duration::from_secs(if args.quick { 120 } else { 600 }),
-        "kube_sim_list.seconds_per_list",
-    ));
+    if runs(Only::KubeSim) {
+        figures.extend(run_bench(
+            &bench_sim,
+            &["--nodes", "5000", "--pods", "20", "--patches", "1000"],
+            Duration::from_secs(if args.quick { 120 } else { 600 }),
+            "kube_sim_list.seconds_per_list",
+        ));
+    }
     // (c) Idle RSS.
-    figures.push(
-        idle_rss_imds(root)
-            .unwrap_or_else(|e| Figure::missing("idle_rss_spot_nth_imds", "MiB", format!("{e:#}"))),
-    );
-    figures.push(
-        idle_rss_queue(root)
-            .unwrap_or_else(|e| Figure::missing("idle_rss_spot_nth_queue", "MiB", format!("{e:#}"))),
-    );
+    if runs(Only::Rss) {
+        figures.push(
+            idle_rss_imds(root)
+                .unwrap_or_else(|e| Figure::missing("idle_rss_spot_nth_imds", "MiB", format!("{e:#}"))),
+        );
+        figures.push(
+            idle_rss_queue(root)
+                .unwrap_or_else(|e| Figure::missing("idle_rss_spot_nth_queue", "MiB", format!("{e:#}"))),
+        );
+    }
     // (d) Binary size.
-    figures.extend(binary_size(&release.join("spot-nth")));
+    if runs(Only::Size) {
+        figures.extend(binary_size(&release.join("spot-nth")));
+    }
     // (e) Scheduling, packing and consolidation.
-    figures.extend(provisioning::figures(root, args.quick, args.no_build));
+    if runs(Only::Provisioning) {
+        figures.extend(provisioning::figures(root, args.quick, args.no_build));
+    }
 
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
