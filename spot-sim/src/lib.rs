@@ -10,10 +10,14 @@
 //!   cost accounting and interruption events in the shapes the SQS and IMDS parsers produce.
 //! - [`register`] (feature `kube`): [`register::KubeRegistrar`], an observer of the cloud that
 //!   makes launched instances Ready Nodes in a Kubernetes API (spot-kube-sim in practice).
+//! - [`des`]: the discrete-event simulation of days of cluster life (workload traces, the
+//!   real scheduler and consolidation, this cloud on a virtual clock) that compares
+//!   allocation strategies; the `spot-sim` binary runs it.
 //! - [`rng`]: the small seeded generator behind it all, deterministic on every platform.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cloud;
+pub mod des;
 pub mod market;
 #[cfg(feature = "kube")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
