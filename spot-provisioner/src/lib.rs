@@ -8,6 +8,10 @@
 //!   on manifests and a price table, with the LP lower bound.
 //! - [`provisioner`]: the controller ([`Provisioner`], built with [`Provisioner::builder`]):
 //!   pending pods to NodeClaims to launches, and the NodeClaim lifecycle.
+//! - [`disruption`]: the disruption controller ([`disruption::Disruption`]): consolidation,
+//!   drift, expiration and `terminationGracePeriod`, within budgets and PodDisruptionBudgets;
+//!   [`interruption`]: the interruption controller ([`interruption::Interruption`]): spot
+//!   interruptions and other terminal events replaced before the drain, rebalance policies.
 //! - [`batcher`]: the 1 s idle / 10 s max batch window; [`cluster`]: one loop's read of the
 //!   cluster; [`template`]: what can be launched, per NodePool; [`launch`]: candidate
 //!   ordering, truncation and same-call fallback; [`metrics`]: Prometheus metrics.
@@ -19,6 +23,8 @@
 pub mod api;
 pub mod batcher;
 pub mod cluster;
+pub mod disruption;
+pub mod interruption;
 pub mod launch;
 pub mod manifests;
 pub mod metrics;

@@ -272,6 +272,64 @@ impl Provisioner {
         &self.settings
     }
 
+    /// The Kubernetes client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The node actions (cordon, taint, drain).
+    pub fn node_actions(&self) -> &Arc<dyn NodeActions> {
+        &self.actions
+    }
+
+    /// What can be launched (instance types, zones, prices).
+    pub fn catalog(&self) -> &Arc<InstanceCatalog> {
+        &self.catalog
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Creates a NodeClaim for a claim the scheduling simulation decided (replacements of
+    /// disrupted or interrupted nodes), counted under `reason`, with extra `annotations`.
+    /// `template` and `pool` are the claim's NodePool as the simulation saw it. The claim is
+    /// not launched yet: [`Provisioner::launch_claim`] launches it (or the lifecycle does at
+    /// its next pass).
+    pub async fn create_claim(
+        &self,
+        claim: &NewNodeClaim,
+        template: Option<&NodePoolTemplate>,
+        pool: Option<&crate::api::NodePool>,
+        reason: &str,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<NodeClaim, Error> {
+        let mut obj = self.claim_object(claim, template, pool);
+        if !annotations.is_empty() {
+            obj.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .extend(annotations);
+        }
+        let name = obj.name_any();
+        let created = Api::<NodeClaim>::all(self.client.clone())
+            .create(&PostParams::default(), &obj)
+            .await
+            .map_err(api_err(format!("creating NodeClaim {name}")))?;
+        self.metrics.created(&claim.nodepool, reason);
+        info!(
+            nodeclaim = %name,
+            nodepool = %claim.nodepool,
+            reason,
+            pods = claim.pods.len(),
+            cheapest = claim.cheapest().map(|(t, _)| t.name().to_owned()).unwrap_or_default(),
+            candidates = claim.instance_types.len(),
+            "created NodeClaim"
+        );
+        Ok(created)
+    }
+
     /// Runs until `shutdown` resolves: a watcher turns provisionable pods into triggers, the
     /// batcher closes windows, each window runs [`Provisioner::provision_once`], and the
     /// NodeClaim lifecycle is reconciled every `resync`.
@@ -479,7 +537,8 @@ impl Provisioner {
         let mut meta_labels: BTreeMap<String, String> =
             template.map(|t| t.labels.clone()).unwrap_or_default();
         meta_labels.insert(labels::NODE_POOL.to_owned(), claim.nodepool.clone());
-        let mut annotations = BTreeMap::new();
+        // The template hash: a claim whose pool template changed since has drifted.
+        let mut annotations = pool.map(|p| p.hash_annotations()).unwrap_or_default();
         if claim.min_values_relaxed {
             annotations.insert(
                 "karpenter.sh/nodeclaim-min-values-relaxed".to_owned(),

@@ -194,6 +194,10 @@ pub struct Disruption {
     #[serde(default = "default_budgets")]
     #[schemars(length(max = 50))]
     pub budgets: Vec<Budget>,
+    /// What EC2 rebalance recommendations for the pool's nodes lead to, default an Event
+    /// only.
+    #[serde(default, skip_serializing_if = "Rebalance::is_default")]
+    pub rebalance: Rebalance,
 }
 
 impl Default for Disruption {
@@ -202,7 +206,57 @@ impl Default for Disruption {
             consolidation_policy: ConsolidationPolicy::default(),
             consolidate_after: default_consolidate_after(),
             budgets: default_budgets(),
+            rebalance: Rebalance::default(),
         }
+    }
+}
+
+/// What an EC2 rebalance recommendation (the instance is at elevated risk of interruption)
+/// leads to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RebalancePolicy {
+    /// Nothing at all.
+    Ignore,
+    /// A Kubernetes Event on the NodeClaim, nothing else (Karpenter's behaviour).
+    #[default]
+    Event,
+    /// A replacement NodeClaim is launched, and the node is drained once the replacement is
+    /// initialized (at most `maxConcurrent` of the pool's nodes at a time).
+    Replace,
+}
+
+/// The NodePool's response to rebalance recommendations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebalance {
+    /// `Ignore`, `Event` (default) or `Replace`.
+    #[serde(default)]
+    pub policy: RebalancePolicy,
+    /// With `Replace`: how many of the pool's nodes may be replaced proactively at once, a
+    /// count (`2`) or a percentage of the pool's nodes (`10%`, rounded up), default `1`.
+    /// Recommendations beyond it wait for a replacement to finish, so the fleet never
+    /// thrashes.
+    #[serde(default = "default_rebalance_max_concurrent")]
+    #[schemars(regex(pattern = r"^((100|[0-9]{1,2})%|[0-9]+)$"))]
+    pub max_concurrent: String,
+}
+
+fn default_rebalance_max_concurrent() -> String {
+    "1".to_owned()
+}
+
+impl Default for Rebalance {
+    fn default() -> Self {
+        Rebalance {
+            policy: RebalancePolicy::default(),
+            max_concurrent: default_rebalance_max_concurrent(),
+        }
+    }
+}
+
+impl Rebalance {
+    fn is_default(&self) -> bool {
+        *self == Rebalance::default()
     }
 }
 
@@ -353,7 +407,72 @@ impl NodePool {
             }
         }
         self.budgets()?;
+        self.rebalance_limit(0)?;
         Ok(())
+    }
+
+    /// How many of the pool's `total_nodes` nodes may be replaced proactively at once after
+    /// rebalance recommendations (`spec.disruption.rebalance.maxConcurrent`; percentages round
+    /// up).
+    pub fn rebalance_limit(&self, total_nodes: usize) -> Result<usize, Error> {
+        let value = &self.spec.disruption.rebalance.max_concurrent;
+        let invalid = |reason: &str| {
+            Error::invalid(
+                KIND,
+                self.pool_name(),
+                "spec.disruption.rebalance.maxConcurrent",
+                value.clone(),
+                reason.to_owned(),
+            )
+        };
+        match value.strip_suffix('%') {
+            Some(p) => {
+                let p: usize = p
+                    .parse()
+                    .map_err(|_| invalid("not a percentage such as \"10%\""))?;
+                if p > 100 {
+                    return Err(invalid("a percentage must be between 0 and 100"));
+                }
+                Ok(total_nodes.saturating_mul(p).div_ceil(100))
+            }
+            None => value
+                .parse()
+                .map_err(|_| invalid("not a node count or a percentage such as \"10%\"")),
+        }
+    }
+
+    /// The template fields the NodePool hash covers (labels, annotations, taints, startup
+    /// taints, `expireAfter`, `terminationGracePeriod`, `nodeClassRef`). Taints that do not
+    /// convert are left out (validation reports them).
+    pub fn template_fields(&self) -> spot_core::disruption::drift::TemplateFields {
+        let t = &self.spec.template;
+        let (taints, startup_taints) = self.taints().unwrap_or_default();
+        let r = &t.spec.node_class_ref;
+        spot_core::disruption::drift::TemplateFields {
+            labels: t.metadata.labels.clone(),
+            annotations: t.metadata.annotations.clone(),
+            taints,
+            startup_taints,
+            expire_after: t.spec.expire_after.duration(),
+            termination_grace_period: t.spec.termination_grace_period.map(GoDuration::get),
+            node_class_ref: spot_core::disruption::drift::NodeClassRef {
+                group: r.group.clone(),
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+            },
+        }
+    }
+
+    /// The NodePool template hash (`karpenter.sh/nodepool-hash`, version `v3`): a NodeClaim
+    /// stamped with another hash has drifted.
+    pub fn template_hash(&self) -> String {
+        spot_core::disruption::drift::template_hash(&self.template_fields())
+    }
+
+    /// The hash annotations a NodeClaim launched from this pool carries
+    /// (`karpenter.sh/nodepool-hash` and `karpenter.sh/nodepool-hash-version`).
+    pub fn hash_annotations(&self) -> BTreeMap<String, String> {
+        spot_core::disruption::drift::hash_annotations(&self.template_fields())
     }
 
     /// `spec.template.spec.requirements` in spot-core's algebra (without the pool's own
@@ -642,6 +761,58 @@ mod tests {
         assert_eq!(budgets.allowed(Reason::Underutilized, 10, 0, at(10)), 2);
         assert_eq!(budgets.allowed(Reason::Drifted, 10, 0, at(10)), 0);
         assert_eq!(budgets.allowed(Reason::Drifted, 10, 1, at(20)), 1);
+    }
+
+    #[test]
+    fn rebalance_policy_defaults_limits_and_errors() {
+        let p = pool(minimal());
+        assert_eq!(p.spec.disruption.rebalance.policy, RebalancePolicy::Event);
+        assert_eq!(p.rebalance_limit(40).unwrap(), 1);
+        let json = serde_json::to_value(&p).unwrap();
+        assert!(
+            json["spec"]["disruption"].get("rebalance").is_none(),
+            "the default is not written: {json}"
+        );
+        let mut spec = minimal();
+        spec["disruption"] = serde_json::json!({"rebalance": {"policy": "Replace", "maxConcurrent": "10%"}});
+        let p = pool(spec);
+        p.validate().unwrap();
+        assert_eq!(p.spec.disruption.rebalance.policy, RebalancePolicy::Replace);
+        assert_eq!(p.rebalance_limit(11).unwrap(), 2, "10% of 11, rounded up");
+        assert_eq!(p.rebalance_limit(0).unwrap(), 0);
+        for bad in ["lots", "150%", "x%"] {
+            let mut spec = minimal();
+            spec["disruption"] = serde_json::json!({"rebalance": {"maxConcurrent": bad}});
+            let e = pool(spec).validate().unwrap_err().to_string();
+            assert!(
+                e.contains("spec.disruption.rebalance.maxConcurrent") && e.contains(bad),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn template_hash_follows_the_template_not_the_requirements() {
+        let base = pool(minimal());
+        let hash = base.template_hash();
+        assert_eq!(hash, pool(minimal()).template_hash(), "stable");
+        let annotations = base.hash_annotations();
+        assert_eq!(annotations["karpenter.sh/nodepool-hash"], hash);
+        assert_eq!(annotations["karpenter.sh/nodepool-hash-version"], "v3");
+        let mut spec = minimal();
+        spec["template"]["spec"]["requirements"] =
+            serde_json::json!([{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]);
+        assert_eq!(
+            pool(spec).template_hash(),
+            hash,
+            "requirements drift on their own"
+        );
+        let mut spec = minimal();
+        spec["template"]["metadata"] = serde_json::json!({"labels": {"team": "b"}});
+        assert_ne!(pool(spec).template_hash(), hash);
+        let mut spec = minimal();
+        spec["template"]["spec"]["expireAfter"] = serde_json::json!("24h");
+        assert_ne!(pool(spec).template_hash(), hash);
     }
 
     fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
