@@ -146,6 +146,14 @@ pub enum Error {
     /// The market refused.
     #[error(transparent)]
     Market(#[from] market::Error),
+    /// A scripted interruption names an instance that cannot get one.
+    #[error("instance {instance_id}: {message}")]
+    NotInterruptible {
+        /// The instance.
+        instance_id: String,
+        /// Why (unknown, not spot, already ended).
+        message: &'static str,
+    },
 }
 
 /// How virtual time moves.
@@ -644,6 +652,80 @@ impl SimCloud {
         };
         self.flush().await;
         events
+    }
+
+    /// Interrupts the running spot instance `instance_id` from now on, replacing its drawn
+    /// plan (scripted scenarios: the demo, tests). With `rebalance_lead`, a rebalance
+    /// recommendation comes now and the interruption notice that much later; without, the
+    /// notice comes now. The reclaim follows the notice after [`MarketConfig::notice`]. The
+    /// events come out of [`SimCloud::interruptions`] like drawn ones; returns the plan, in
+    /// virtual time since the start ([`SimCloud::elapsed`]).
+    pub async fn interrupt(
+        &self,
+        instance_id: &str,
+        rebalance_lead: Option<Duration>,
+    ) -> Result<InterruptionPlan, Error> {
+        let plan = {
+            let mut st = lock(&self.state);
+            let now = self.settle(&mut st);
+            let seq = Self::interruptible(&st, instance_id)?;
+            let notice_at = now + rebalance_lead.unwrap_or_default();
+            let plan = InterruptionPlan {
+                rebalance_at: rebalance_lead.map(|_| now),
+                notice_at,
+                terminate_at: notice_at + st.market.config().notice,
+            };
+            st.schedule.retain(|(_, _, _, id)| id != instance_id);
+            if let Some(at) = plan.rebalance_at {
+                st.schedule
+                    .insert((at, seq, Due::Rebalance, instance_id.to_owned()));
+            }
+            st.schedule
+                .insert((plan.notice_at, seq, Due::Notice, instance_id.to_owned()));
+            st.schedule
+                .insert((plan.terminate_at, seq, Due::Reclaim, instance_id.to_owned()));
+            if let Some(r) = st.records.get_mut(instance_id) {
+                r.plan = Some(plan);
+            }
+            self.settle(&mut st);
+            plan
+        };
+        self.flush().await;
+        Ok(plan)
+    }
+
+    /// Issues a rebalance recommendation for the running spot instance `instance_id` now,
+    /// with no interruption following it (its drawn plan, if any, stays).
+    pub async fn recommend_rebalance(&self, instance_id: &str) -> Result<(), Error> {
+        {
+            let mut st = lock(&self.state);
+            let now = self.settle(&mut st);
+            let seq = Self::interruptible(&st, instance_id)?;
+            st.schedule
+                .insert((now, seq, Due::Rebalance, instance_id.to_owned()));
+            self.settle(&mut st);
+        }
+        self.flush().await;
+        Ok(())
+    }
+
+    /// The sequence number of a running spot instance, or why it cannot be interrupted.
+    fn interruptible(st: &State, instance_id: &str) -> Result<u64, Error> {
+        let bad = |message| Error::NotInterruptible {
+            instance_id: instance_id.to_owned(),
+            message,
+        };
+        let r = st
+            .records
+            .get(instance_id)
+            .ok_or_else(|| bad("no such instance"))?;
+        if r.ended_at.is_some() {
+            return Err(bad("the instance is terminated"));
+        }
+        if r.instance.capacity_type != CapacityType::Spot {
+            return Err(bad("only spot instances are interrupted"));
+        }
+        Ok(r.seq)
     }
 
     /// Pushes the due interruption events to `source`, one delivery per event (as SQS

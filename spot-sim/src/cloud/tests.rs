@@ -941,3 +941,98 @@ async fn prices_as_a_price_source() {
     );
     assert_eq!(source.spot("nowhere", "m5.large"), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn scripted_interruptions_and_rebalance_recommendations() {
+    let cloud = cloud_with(manual(), flat_market(5));
+    let recorder = Arc::new(Recorder::default());
+    cloud.add_observer(recorder.clone());
+    let r = cloud
+        .launch(&request(CapacityType::Spot, AllocationStrategy::LowestPrice, 3))
+        .await
+        .unwrap();
+    let ids: Vec<String> = r.instances.iter().map(|i| i.id.clone()).collect();
+    let od = cloud
+        .launch(&request(
+            CapacityType::OnDemand,
+            AllocationStrategy::LowestPrice,
+            1,
+        ))
+        .await
+        .unwrap();
+    cloud.advance(Duration::from_secs(60)).await;
+    let start = Clock::now(&cloud);
+
+    // A notice now, reclaim two minutes later.
+    let plan = cloud.interrupt(&ids[0], None).await.unwrap();
+    assert_eq!(plan.notice_at, cloud.elapsed());
+    assert_eq!(plan.terminate_at, plan.notice_at + Duration::from_secs(120));
+    // A recommendation now, the notice 30 s later.
+    let plan = cloud
+        .interrupt(&ids[1], Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(plan.rebalance_at, Some(cloud.elapsed()));
+    // A recommendation alone.
+    cloud.recommend_rebalance(&ids[2]).await.unwrap();
+    let events = cloud.interruptions().await;
+    let kinds: Vec<(String, &str)> = events
+        .iter()
+        .map(|e| (e.instance_id.clone(), e.kind.name()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (ids[0].clone(), "spot-interruption"),
+            (ids[1].clone(), "rebalance-recommendation"),
+            (ids[2].clone(), "rebalance-recommendation"),
+        ]
+    );
+    assert_eq!(
+        events[0].kind,
+        EventKind::SpotInterruption {
+            action: SpotAction::Terminate,
+            deadline: start + Duration::from_secs(120)
+        }
+    );
+    cloud.advance(Duration::from_secs(30)).await;
+    let later = cloud.interruptions().await;
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].instance_id, ids[1]);
+    cloud.advance(Duration::from_secs(200)).await;
+    let by_id = |id: &str| cloud.instance(id).unwrap();
+    assert!(by_id(&ids[0]).interrupted && by_id(&ids[1]).interrupted);
+    assert_eq!(
+        by_id(&ids[0]).terminated_at,
+        Some(start + Duration::from_secs(120))
+    );
+    assert!(!by_id(&ids[2]).interrupted && by_id(&ids[2]).terminated_at.is_none());
+    assert!(recorder.seen().contains(&format!("terminated {}", ids[0])));
+    let stats = cloud.stats();
+    assert_eq!(
+        (
+            stats.interruption_notices,
+            stats.rebalance_recommendations,
+            stats.interrupted
+        ),
+        (2, 2, 2)
+    );
+
+    // Only running spot instances.
+    let err = |e: Error| e.to_string();
+    assert_eq!(
+        err(cloud.interrupt(&ids[0], None).await.unwrap_err()),
+        format!("instance {}: the instance is terminated", ids[0])
+    );
+    assert_eq!(
+        err(cloud.recommend_rebalance(&od.instances[0].id).await.unwrap_err()),
+        format!(
+            "instance {}: only spot instances are interrupted",
+            od.instances[0].id
+        )
+    );
+    assert_eq!(
+        err(cloud.interrupt("i-0nope", None).await.unwrap_err()),
+        "instance i-0nope: no such instance"
+    );
+}
