@@ -253,8 +253,14 @@ pub struct Interruption {
     settings: InterruptionSettings,
     /// Handlings in progress, by instance and class (terminal or rebalance).
     inflight: Mutex<HashMap<String, Handling>>,
-    /// NodeClaims this process is working on.
+    /// NodeClaims this process is replacing after a rebalance recommendation.
     running: Mutex<HashSet<String>>,
+    /// NodeClaims this process is handling a terminal event for.
+    interrupting: Mutex<HashSet<String>>,
+    /// Held while replacements are simulated and created (a batch of terminal events, or a
+    /// rebalance replacement), from the cluster read on: whoever comes second sees the
+    /// first one's replacements, so an instance never gets two.
+    create_gate: tokio::sync::Mutex<()>,
     /// Terminal events waiting for a batch.
     queue: Mutex<Vec<Pending>>,
     /// Whether a task works through the queue.
@@ -319,6 +325,8 @@ impl Interruption {
             settings: InterruptionSettings::default(),
             inflight: Mutex::default(),
             running: Mutex::default(),
+            interrupting: Mutex::default(),
+            create_gate: tokio::sync::Mutex::new(()),
             queue: Mutex::default(),
             batching: AtomicBool::new(false),
             rebalance_gate: tokio::sync::Mutex::new(()),
@@ -393,6 +401,11 @@ impl Interruption {
 
     fn client(&self) -> &Client {
         self.provisioner.client()
+    }
+
+    /// Whether this process handles a terminal event or a rebalance for a NodeClaim.
+    fn busy(&self, claim: &str) -> bool {
+        lock(&self.interrupting).contains(claim) || lock(&self.running).contains(claim)
     }
 
     /// Handles every event of a delivery, then acknowledges it; retries failed handlings
@@ -516,6 +529,7 @@ impl Interruption {
             snapshot: Snapshot::read(self.client()).await?,
             pdbs: Vec::new(),
             now: self.provisioner.clock().now(),
+            busy: std::collections::BTreeSet::new(),
         })
     }
 
@@ -572,6 +586,7 @@ impl Interruption {
     /// Creates the replacements of a batch of terminal events, then finishes each node in
     /// its own task (mark, cordon, wait for the launch, delete), replying when done.
     async fn start_batch(self: &Arc<Self>, batch: Vec<Pending>) {
+        let gate = self.create_gate.lock().await;
         let view = match self.view().await {
             Ok(v) => Arc::new(v),
             Err(e) => {
@@ -590,7 +605,7 @@ impl Interruption {
                 continue;
             };
             let name = claim.name_any();
-            if claim.metadata.deletion_timestamp.is_some() || !lock(&self.running).insert(name.clone()) {
+            if claim.metadata.deletion_timestamp.is_some() || !lock(&self.interrupting).insert(name.clone()) {
                 let _ = p.reply.send(Ok(Outcome::AlreadyHandled { claim: name }));
                 continue;
             }
@@ -614,7 +629,8 @@ impl Interruption {
                 info!(instance_type = %t, zone = %z, backoff_s = backoff.as_secs(), "interrupted offering marked unavailable");
             }
         }
-        // Replacements of an earlier attempt or of a rebalance in progress count.
+        // Replacements of an earlier attempt or of a rebalance in progress count; a claim
+        // another command already marked has its replacements in flight under that command.
         let mut replacements: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (_, claim) in &targets {
             let name = claim.name_any();
@@ -666,7 +682,7 @@ impl Interruption {
                 Err(e) => {
                     let message = e.to_string();
                     for (p, claim) in targets {
-                        lock(&self.running).remove(&claim.name_any());
+                        lock(&self.interrupting).remove(&claim.name_any());
                         let _ = p.reply.send(Err(message.clone()));
                     }
                     return;
@@ -689,6 +705,7 @@ impl Interruption {
                 "interrupted: replacements created"
             );
         }
+        drop(gate);
         let launched: Shared<BoxFuture<'static, ()>> = {
             let p = self.provisioner.clone();
             async move { orchestrate::launch(&p, created).await }
@@ -707,7 +724,7 @@ impl Interruption {
                     .finish(&view, &claim, &p.event, mine, launched)
                     .await
                     .map_err(|e| e.to_string());
-                lock(&me.running).remove(&name);
+                lock(&me.interrupting).remove(&name);
                 let _ = p.reply.send(r);
             });
         }
@@ -731,7 +748,8 @@ impl Interruption {
             replacements: replacements.len(),
             started: view.now,
         };
-        orchestrate::mark(&self.provisioner, claim, node.as_deref(), &record).await?;
+        // The instance goes away whatever a disruption or rebalance command planned for it.
+        orchestrate::mark(&self.provisioner, claim, node.as_deref(), &record, true).await?;
         if let Some(node) = &node
             && let Err(e) = self.provisioner.node_actions().cordon(node).await
         {
@@ -773,7 +791,12 @@ impl Interruption {
             return Ok(Outcome::Unmanaged);
         };
         let name = claim.name_any();
-        if claim.metadata.deletion_timestamp.is_some() {
+        // An instance whose terminal event (or a disruption command) is being handled is
+        // going away already: the recommendation adds nothing.
+        if claim.metadata.deletion_timestamp.is_some()
+            || lock(&self.interrupting).contains(&name)
+            || Record::of(claim).is_some_and(|r| r.reason != REBALANCE)
+        {
             return Ok(Outcome::AlreadyHandled { claim: name });
         }
         let policy = claim
@@ -873,6 +896,7 @@ impl Interruption {
         let mut nodes: BTreeMap<String, usize> = BTreeMap::new();
         let mut queued: Vec<(String, String, String)> = Vec::new();
         let running = lock(&self.running).clone();
+        let interrupting = lock(&self.interrupting).clone();
         for claim in &view.snapshot.claims {
             let Some(pool) = claim.labels().get(labels::NODE_POOL).cloned() else {
                 continue;
@@ -888,6 +912,7 @@ impl Interruption {
             *nodes.entry(pool.clone()).or_default() += 1;
             if record.is_none()
                 && !running.contains(&name)
+                && !interrupting.contains(&name)
                 && let Some(at) = claim.annotations().get(REBALANCE_ANNOTATION)
             {
                 queued.push((at.clone(), name, pool));
@@ -933,58 +958,73 @@ impl Interruption {
         Ok(started)
     }
 
-    /// Replaces a NodeClaim after a rebalance recommendation: marks it, creates and
-    /// launches what its pods need (counting replacements created earlier for it), waits
-    /// until they are initialized, then deletes it. On failure the marks and the queue
-    /// annotation are cleared (the recommendation is dropped).
+    /// Replaces a NodeClaim after a rebalance recommendation: marks it (the taint), creates
+    /// and launches what its pods need (none when replacements created earlier for it
+    /// exist), waits until they are initialized, then deletes it. On failure the marks and
+    /// the queue annotation are cleared (the recommendation is dropped), unless a terminal
+    /// event took the claim over meanwhile.
     async fn replace_proactively(&self, name: &str) -> Result<(), Error> {
+        let gate = self.create_gate.lock().await;
         let view = Arc::new(self.view().await?);
         let Some(claim) = view.snapshot.claims.iter().find(|c| c.name_any() == name) else {
             return Ok(());
         };
-        if claim.metadata.deletion_timestamp.is_some() {
+        let record = Record::of(claim);
+        if claim.metadata.deletion_timestamp.is_some()
+            || lock(&self.interrupting).contains(name)
+            || record.as_ref().is_some_and(|r| r.reason != REBALANCE)
+        {
             return Ok(());
         }
         let node = view.snapshot.node_of(claim).map(ResourceExt::name_any);
         let outcome = async {
-            let templates = self.templates.get(&self.provisioner, &view.snapshot).await.0;
-            let sim = orchestrate::simulate_replacements_blocking(
-                &self.provisioner,
-                templates,
-                &view,
-                vec![claim.clone()],
-            )
-            .await;
-            if Record::of(claim).is_none() {
-                let record = Record {
-                    reason: REBALANCE.to_owned(),
-                    command: name.to_owned(),
-                    replacements: sim.claims.len(),
-                    started: view.now,
-                };
-                orchestrate::mark(&self.provisioner, claim, node.as_deref(), &record).await?;
-            }
-            info!(nodeclaim = %name, replacements = sim.claims.len(), "rebalance: replacing proactively");
-            let claims: Vec<(NewNodeClaim, String)> = sim
+            let existing: Vec<String> = view
+                .snapshot
                 .claims
                 .iter()
-                .map(|(c, _)| (c.clone(), name.to_owned()))
-                .collect();
-            let created = orchestrate::create_replacements(
-                &self.provisioner,
-                &view.snapshot,
-                &sim.templates,
-                &claims,
-                "rebalance",
-            )
-            .await?;
-            orchestrate::launch(&self.provisioner, created).await;
-            let replacements: Vec<String> = orchestrate::find_replacements(self.client(), name)
-                .await?
-                .iter()
-                .filter(|c| c.metadata.deletion_timestamp.is_none())
+                .filter(|c| c.metadata.deletion_timestamp.is_none() && orchestrate::replaces(c, name))
                 .map(ResourceExt::name_any)
                 .collect();
+            let mut created = Vec::new();
+            if existing.is_empty() {
+                let templates = self.templates.get(&self.provisioner, &view.snapshot).await.0;
+                let sim = orchestrate::simulate_replacements_blocking(
+                    &self.provisioner,
+                    templates,
+                    &view,
+                    vec![claim.clone()],
+                )
+                .await;
+                if record.is_none() {
+                    let record = Record {
+                        reason: REBALANCE.to_owned(),
+                        command: name.to_owned(),
+                        replacements: sim.claims.len(),
+                        started: view.now,
+                    };
+                    orchestrate::mark(&self.provisioner, claim, node.as_deref(), &record, false).await?;
+                }
+                info!(nodeclaim = %name, replacements = sim.claims.len(), "rebalance: replacing proactively");
+                let claims: Vec<(NewNodeClaim, String)> = sim
+                    .claims
+                    .iter()
+                    .map(|(c, _)| (c.clone(), name.to_owned()))
+                    .collect();
+                created = orchestrate::create_replacements(
+                    &self.provisioner,
+                    &view.snapshot,
+                    &sim.templates,
+                    &claims,
+                    "rebalance",
+                )
+                .await?;
+            } else {
+                info!(nodeclaim = %name, replacements = ?existing, "rebalance: resuming with the replacements created earlier");
+            }
+            drop(gate);
+            let mut replacements = existing;
+            replacements.extend(created.iter().map(|(c, _)| c.name_any()));
+            orchestrate::launch(&self.provisioner, created).await;
             orchestrate::wait_initialized(
                 self.client(),
                 &replacements,
@@ -1007,18 +1047,17 @@ impl Interruption {
                 Ok(())
             }
             Err(e) => {
-                // Unless a terminal event took the claim over meanwhile.
+                // `unmark` leaves a claim a terminal event took over (deleting, or with its
+                // record) alone; the queue annotation goes only when the rollback happened.
+                orchestrate::unmark(&self.provisioner, name, node.as_deref(), name).await?;
                 let current = Api::<NodeClaim>::all(self.client().clone())
                     .get_opt(name)
                     .await
                     .ok()
                     .flatten();
-                let taken_over = current.as_ref().is_none_or(|c| {
-                    c.metadata.deletion_timestamp.is_some()
-                        || Record::of(c).is_some_and(|r| r.reason != REBALANCE)
-                });
-                if !taken_over {
-                    orchestrate::unmark(&self.provisioner, name, node.as_deref()).await?;
+                if current
+                    .is_some_and(|c| c.metadata.deletion_timestamp.is_none() && Record::of(&c).is_none())
+                {
                     let _ = Api::<NodeClaim>::all(self.client().clone())
                         .patch(
                             name,
@@ -1061,7 +1100,7 @@ impl Interruption {
                 None if named.contains(name.as_str()) => INTERRUPTED.to_owned(),
                 None => continue,
             };
-            if lock(&self.running).contains(&name) {
+            if self.busy(&name) {
                 continue;
             }
             // The view may predate a handling that just finished: read the claim again.
@@ -1069,9 +1108,7 @@ impl Interruption {
                 .get_opt(&name)
                 .await
                 .map_err(api_err(format!("reading NodeClaim {name}")))?;
-            if fresh.is_none_or(|c| c.metadata.deletion_timestamp.is_some())
-                || lock(&self.running).contains(&name)
-            {
+            if fresh.is_none_or(|c| c.metadata.deletion_timestamp.is_some()) || self.busy(&name) {
                 continue;
             }
             match reason.as_str() {

@@ -8,9 +8,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::FutureExt;
+use spot_aws::sqs::{SqsConfig, SqsSource};
 use spot_core::leader::LeaderGate;
 use spot_core::price::CsvPrices;
 use spot_k8s::lease::{LeaseElector, LeaseLock, LeaseTiming};
+use spot_provisioner::disruption::{Disruption, DisruptionSettings};
+use spot_provisioner::interruption::Interruption;
 use spot_provisioner::manifests::Manifests;
 use spot_provisioner::plan::{self, Plan};
 use spot_provisioner::{InstanceCatalog, Provisioner};
@@ -90,6 +94,19 @@ struct RunArgs {
     /// Log level filter.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// The SQS queue (URL) of EC2 interruption events (EventBridge rules for spot
+    /// interruptions, rebalance recommendations, scheduled changes, state changes and
+    /// capacity-reservation interruptions); without it no interruption controller runs.
+    #[arg(long, env = "INTERRUPTION_QUEUE")]
+    interruption_queue: Option<String>,
+    /// Whether consolidation may replace a spot node by a cheaper spot node (Karpenter's
+    /// `SpotToSpotConsolidation` feature gate).
+    #[arg(long, env = "SPOT_TO_SPOT_CONSOLIDATION", default_value_t = true, action = clap::ArgAction::Set)]
+    spot_to_spot_consolidation: bool,
+    /// Single-node spot-to-spot consolidation needs at least this many cheaper instance
+    /// types, and launches with that many cheapest.
+    #[arg(long, env = "SPOT_TO_SPOT_MIN_TYPES", default_value_t = 15)]
+    spot_to_spot_min_types: usize,
 }
 
 fn main() -> ExitCode {
@@ -265,16 +282,74 @@ async fn run_controller(args: RunArgs) -> Result<()> {
         LeaseTiming::default(),
         Arc::new(spot_core::clock::TokioClock::new()),
     )?;
-    let elector = LeaseElector::start(lock);
-    info!(identity = %identity, namespace = %namespace, "waiting for leadership");
-    elector.acquire().await.context("leader election")?;
-    info!("leading: provisioning");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    let mut disruption_settings = DisruptionSettings::default();
+    disruption_settings.options.spot_to_spot = args.spot_to_spot_consolidation;
+    disruption_settings.options.min_spot_to_spot_types = args.spot_to_spot_min_types;
+    disruption_settings
+        .validate()
+        .context("SPOT_TO_SPOT_CONSOLIDATION / SPOT_TO_SPOT_MIN_TYPES")?;
+    let interruption = match &args.interruption_queue {
+        Some(url) if !url.is_empty() => {
+            let sqs = SqsSource::new(
+                aws_sdk_sqs::Client::new(&sdk),
+                // Karpenter's visibility timeout; handlings that take longer extend it.
+                SqsConfig::new(url.clone()).visibility_timeout(std::time::Duration::from_secs(20)),
+            )
+            .context("INTERRUPTION_QUEUE / --interruption-queue")?
+            .with_clock(provisioner.clock().clone());
+            Some(Interruption::new(provisioner.clone(), Arc::new(sqs)))
+        }
+        _ => None,
     };
-    if let Err(e) = provisioner.run(shutdown).await {
-        error!(error = %e, "provisioner stopped");
-        return Err(e.into());
+    let elector = Arc::new(LeaseElector::start(lock));
+    info!(identity = %identity, namespace = %namespace, "waiting for leadership");
+    tokio::select! {
+        r = elector.acquire() => r.context("leader election")?,
+        _ = tokio::signal::ctrl_c() => {
+            elector.release().await;
+            return Ok(());
+        }
+    }
+    info!(
+        interruption_queue = args.interruption_queue.as_deref().unwrap_or("none"),
+        "leading: provisioning, disruption and interruption"
+    );
+    // Every controller stops on a signal or when leadership is lost.
+    let stop = {
+        let elector = elector.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = elector.lost() => {}
+            }
+        }
+        .boxed()
+        .shared()
+    };
+    let disruption = Disruption::new(provisioner.clone(), disruption_settings);
+    let result = tokio::try_join!(
+        async { provisioner.clone().run(stop.clone()).await.context("provisioner") },
+        async {
+            disruption
+                .run(stop.clone())
+                .await
+                .context("disruption controller")
+        },
+        async {
+            match interruption {
+                Some(i) => i.run(stop.clone()).await.context("interruption controller"),
+                None => Ok(()),
+            }
+        },
+    );
+    let lost = !elector.is_leader();
+    elector.release().await;
+    if let Err(e) = result {
+        error!(error = format!("{e:#}"), "stopped");
+        return Err(e);
+    }
+    if lost {
+        bail!("leadership lost: exiting so that the restarted pod campaigns again");
     }
     Ok(())
 }

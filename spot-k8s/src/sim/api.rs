@@ -863,8 +863,10 @@ fn evict(
             }
         }
         decision?;
+        // Under the same lock as the check: two evictions never both spend the last
+        // disruption a budget allows.
+        sim.delete_locked(&mut store, &t.rt, ns, name, grace, dry)?;
     }
-    sim.delete(&t.rt, ns, name, grace, dry)?;
     Ok(json_response(
         201,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

@@ -166,6 +166,20 @@ impl Shared {
         dry: bool,
     ) -> Result<(Arc<Value>, bool), ApiError> {
         let mut store = self.lock();
+        self.delete_locked(&mut store, rt, ns, name, grace, dry)
+    }
+
+    /// [`Shared::delete`] under a lock the caller holds (an eviction checks the budgets and
+    /// deletes the pod in one critical section, so concurrent evictions never both pass).
+    fn delete_locked(
+        self: &Arc<Self>,
+        store: &mut Store,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        grace: Option<i64>,
+        dry: bool,
+    ) -> Result<(Arc<Value>, bool), ApiError> {
         let current = store.get(rt, ns, name)?;
         let graceful = self.config.kubelet
             && rt.kind == "Pod"

@@ -110,6 +110,17 @@ pub enum Error {
         /// The join error.
         message: String,
     },
+    /// A NodeClaim could not be marked for a command: it is gone, deleting, or another
+    /// command owns it.
+    #[error("command {command}: NodeClaim {claim}: {why}")]
+    TakenOver {
+        /// The NodeClaim.
+        claim: String,
+        /// The command.
+        command: String,
+        /// Why.
+        why: String,
+    },
     /// A command's replacements did not come up.
     #[error("command {command}: {source}")]
     Replacement {
@@ -230,6 +241,8 @@ pub struct Disruption {
     pod_sets: Mutex<HashMap<String, u64>>,
     /// Commands executing in this process.
     running: Mutex<HashSet<String>>,
+    /// The NodeClaims of the commands executing in this process (see [`View::busy`]).
+    busy: Mutex<BTreeSet<String>>,
     templates: state::TemplateCache,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -256,6 +269,7 @@ impl Disruption {
             settings,
             pod_sets: Mutex::default(),
             running: Mutex::default(),
+            busy: Mutex::default(),
             tasks: Mutex::new(JoinSet::new()),
         }
     }
@@ -314,10 +328,17 @@ impl Disruption {
         self.provisioner.clock().now()
     }
 
+    /// Reads the cluster, with the NodeClaims of the commands executing here as busy.
+    async fn read_view(&self) -> Result<View, Error> {
+        let mut view = View::read(self.client(), self.now()).await?;
+        view.busy = lock(&self.busy).clone();
+        Ok(view)
+    }
+
     /// What a pass would do now, without acting (no housekeeping, no validation delay, no
     /// execution): for dry runs and diagnostics.
     pub async fn plan(&self) -> Result<Plan, Error> {
-        let view = View::read(self.client(), self.now()).await?;
+        let view = self.read_view().await?;
         let built = state::build(
             &view,
             &self.provisioner,
@@ -380,7 +401,7 @@ impl Disruption {
         let mut report = PassReport::default();
         while lock(&self.tasks).try_join_next().is_some() {}
         let pass = tokio::time::Instant::now();
-        let view = View::read(self.client(), self.now()).await?;
+        let view = self.read_view().await?;
         debug!(
             ms = pass.elapsed().as_millis() as u64,
             "disruption pass: cluster read"
@@ -390,11 +411,7 @@ impl Disruption {
             ms = pass.elapsed().as_millis() as u64,
             changed, "disruption pass: housekeeping done"
         );
-        let view = if changed {
-            View::read(self.client(), self.now()).await?
-        } else {
-            view
-        };
+        let view = if changed { self.read_view().await? } else { view };
         let built = state::build(
             &view,
             &self.provisioner,
@@ -430,7 +447,7 @@ impl Disruption {
         }
         report.computed = commands.clone();
         tokio::time::sleep(self.settings.validation_delay).await;
-        let view = Arc::new(View::read(self.client(), self.now()).await?);
+        let view = Arc::new(self.read_view().await?);
         let built = state::build(
             &view,
             &self.provisioner,
@@ -452,6 +469,13 @@ impl Disruption {
                 continue;
             }
             report.started.push(id.clone());
+            let by_node = view.claims_by_node();
+            let claims: Vec<String> = command
+                .candidates
+                .iter()
+                .filter_map(|n| by_node.get(n).map(|c| c.name_any()))
+                .collect();
+            lock(&self.busy).extend(claims.iter().cloned());
             let me = self.clone();
             let view = view.clone();
             let templates = templates.clone();
@@ -459,6 +483,11 @@ impl Disruption {
                 if let Err(e) = me.execute(&id, &command, &view, &templates).await {
                     warn!(command = %id, error = %e, "disruption command failed");
                 }
+                let mut busy = lock(&me.busy);
+                for c in &claims {
+                    busy.remove(c);
+                }
+                drop(busy);
                 lock(&me.running).remove(&id);
             });
         }
@@ -490,7 +519,7 @@ impl Disruption {
         let mut marked = Vec::new();
         let outcome = async {
             for (claim, node) in &candidates {
-                orchestrate::mark(&self.provisioner, claim, Some(node), &record).await?;
+                orchestrate::mark(&self.provisioner, claim, Some(node), &record, false).await?;
                 marked.push((claim.name_any(), node.to_string()));
             }
             if !command.replacements.is_empty() {
@@ -551,7 +580,7 @@ impl Disruption {
             Err(e) => {
                 metrics.command(&reason, "failed");
                 for (claim, node) in &marked {
-                    if let Err(e) = orchestrate::unmark(&self.provisioner, claim, Some(node)).await {
+                    if let Err(e) = orchestrate::unmark(&self.provisioner, claim, Some(node), id).await {
                         warn!(nodeclaim = %claim, error = %e, "rolling back the disruption failed");
                     }
                 }
@@ -905,7 +934,7 @@ impl Disruption {
             Err(e) => {
                 self.provisioner.metrics().command(&record.reason, "failed");
                 for (claim, node) in claims {
-                    orchestrate::unmark(&self.provisioner, claim, node.as_deref()).await?;
+                    orchestrate::unmark(&self.provisioner, claim, node.as_deref(), &record.command).await?;
                 }
                 Err(e)
             }

@@ -115,27 +115,74 @@ pub async fn set_condition(
     Ok(())
 }
 
+/// How many times [`mark`] and [`unmark`] re-read a NodeClaim that changed under them.
+const WRITE_TRIES: usize = 5;
+
+/// Whether a write failed because the object changed since it was read.
+fn conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
 /// Marks a NodeClaim as disrupted by a command: the [`Record`] annotation first (the durable
 /// marker), then the `DisruptionReason` condition (best effort) and the node's
 /// `karpenter.sh/disrupted:NoSchedule` taint.
+///
+/// The annotation is written against the claim's current resourceVersion after checking
+/// that it is not deleting and carries no other command's record, so two commands never
+/// both own a claim (an interruption's record, with `take_over`, replaces a disruption's or
+/// a rebalance's: the instance is going away whatever they planned). A claim that is gone,
+/// deleting, or owned by another command is an [`Error::TakenOver`].
 pub async fn mark(
     provisioner: &Provisioner,
     claim: &NodeClaim,
     node: Option<&str>,
     record: &Record,
+    take_over: bool,
 ) -> Result<(), Error> {
     let client = provisioner.client();
     let name = claim.name_any();
     let value = serde_json::to_string(record).unwrap_or_default();
     let api = Api::<NodeClaim>::all(client.clone());
-    let marked = api
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {DISRUPTION_ANNOTATION: value}}})),
-        )
-        .await
-        .map_err(api_err(format!("annotating NodeClaim {name}")))?;
+    let mut tries = 0;
+    let marked = loop {
+        tries += 1;
+        let current = api
+            .get_opt(&name)
+            .await
+            .map_err(api_err(format!("reading NodeClaim {name}")))?;
+        let taken = |why: String| Error::TakenOver {
+            claim: name.clone(),
+            command: record.command.clone(),
+            why,
+        };
+        let Some(current) = current else {
+            return Err(taken("it is gone".to_owned()));
+        };
+        if current.metadata.deletion_timestamp.is_some() {
+            return Err(taken("it is deleting".to_owned()));
+        }
+        if let Some(other) = Record::of(&current)
+            && other.command != record.command
+            && !take_over
+        {
+            return Err(taken(format!(
+                "command {} ({}) owns it",
+                other.command, other.reason
+            )));
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": current.resource_version(),
+            "annotations": {DISRUPTION_ANNOTATION: value},
+        }});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if conflict(&e) && tries < WRITE_TRIES => {}
+            Err(e) => return Err(api_err(format!("annotating NodeClaim {name}"))(e)),
+        }
+    };
     if let Err(e) = set_condition(
         client,
         &marked,
@@ -161,47 +208,72 @@ pub async fn mark(
     Ok(())
 }
 
-/// Undoes [`mark`]: the taint first, then the annotation and the condition. A claim already
-/// gone is fine.
-pub async fn unmark(provisioner: &Provisioner, claim: &str, node: Option<&str>) -> Result<(), Error> {
-    if let Some(node) = node
-        && let Err(e) = provisioner
-            .node_actions()
-            .untaint(node, DISRUPTED_TAINT, TaintEffect::NoSchedule)
-            .await
-    {
-        warn!(node, error = %e, "removing the disrupted taint failed");
-    }
+/// Undoes [`mark`] for `command`: the taint first, then the annotation and the condition. A
+/// claim already gone, deleting (its termination drains it), or now owned by another
+/// command (an interruption took it over) is left alone.
+pub async fn unmark(
+    provisioner: &Provisioner,
+    claim: &str,
+    node: Option<&str>,
+    command: &str,
+) -> Result<(), Error> {
     let api = Api::<NodeClaim>::all(provisioner.client().clone());
-    let current = match api.get_opt(claim).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return Ok(()),
-        Err(e) => return Err(api_err(format!("reading NodeClaim {claim}"))(e)),
-    };
-    let cleared = api
-        .patch(
-            claim,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {DISRUPTION_ANNOTATION: null}}})),
-        )
-        .await
-        .map_err(api_err(format!("clearing the disruption of NodeClaim {claim}")))?;
-    if current
-        .status
-        .as_ref()
-        .is_some_and(|s| s.condition(conditions::DISRUPTION_REASON).is_some())
-        && let Err(e) = set_condition(
-            provisioner.client(),
-            &cleared,
-            conditions::DISRUPTION_REASON,
-            None,
-            provisioner.clock().now(),
-        )
-        .await
-    {
-        warn!(nodeclaim = %claim, error = %e, "clearing the disruption reason failed");
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let current = match api.get_opt(claim).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(api_err(format!("reading NodeClaim {claim}"))(e)),
+        };
+        if current.metadata.deletion_timestamp.is_some()
+            || Record::of(&current).is_some_and(|r| r.command != command)
+        {
+            info!(nodeclaim = %claim, command, "not rolling back: the NodeClaim is deleting or owned by another command");
+            return Ok(());
+        }
+        if tries == 1
+            && let Some(node) = node
+            && let Err(e) = provisioner
+                .node_actions()
+                .untaint(node, DISRUPTED_TAINT, TaintEffect::NoSchedule)
+                .await
+        {
+            warn!(node, error = %e, "removing the disrupted taint failed");
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": current.resource_version(),
+            "annotations": {DISRUPTION_ANNOTATION: null},
+        }});
+        let cleared = match api
+            .patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if conflict(&e) && tries < WRITE_TRIES => continue,
+            Err(e) => {
+                return Err(api_err(format!("clearing the disruption of NodeClaim {claim}"))(
+                    e,
+                ));
+            }
+        };
+        if cleared
+            .status
+            .as_ref()
+            .is_some_and(|s| s.condition(conditions::DISRUPTION_REASON).is_some())
+            && let Err(e) = set_condition(
+                provisioner.client(),
+                &cleared,
+                conditions::DISRUPTION_REASON,
+                None,
+                provisioner.clock().now(),
+            )
+            .await
+        {
+            warn!(nodeclaim = %claim, error = %e, "clearing the disruption reason failed");
+        }
+        return Ok(());
     }
-    Ok(())
 }
 
 /// What a replacement simulation found for the pods of some nodes.
@@ -210,7 +282,9 @@ pub struct Replacements {
     /// The NodePool templates the simulation used.
     pub templates: Vec<NodePoolTemplate>,
     /// The new NodeClaims the nodes' pods need, each with the NodeClaims (of the nodes
-    /// removed) whose pods it holds, sorted.
+    /// removed) whose pods it holds, sorted; a claim that holds only pods of other nodes
+    /// going away (this removal took the room their in-flight replacements had for them)
+    /// names every NodeClaim removed.
     pub claims: Vec<(NewNodeClaim, Vec<String>)>,
     /// The nodes' pods that fit nowhere, with the reason.
     pub unschedulable: Vec<(String, String)>,
@@ -231,8 +305,11 @@ pub fn replaces(claim: &NodeClaim, command: &str) -> bool {
 /// (from a [`TemplateCache`](super::state::TemplateCache)), every other node and in-flight
 /// claim (those going away excluded), pending pods and the pods of other nodes going away
 /// included (in-flight replacements hold those; a new replacement may as well hold the
-/// rest). Only the new claims holding at least one of the nodes' pods are kept; the
-/// provisioner launches for the rest. CPU-bound: async callers use
+/// rest). The new claims holding at least one pod of a node going away (these nodes' or
+/// others') are kept: the scheduler places pods in its own order, so the nodes' pods may
+/// take the in-flight room meant for other leaving pods and leave those to a new claim,
+/// which these nodes then need. Claims holding only pending pods are dropped: the
+/// provisioner launches for those. CPU-bound: async callers use
 /// [`simulate_replacements_blocking`].
 pub fn simulate_replacements(
     provisioner: &Provisioner,
@@ -270,11 +347,17 @@ pub fn simulate_replacements(
     let mut pods = moving;
     // The pods of other nodes going away are about to be pending: they count first on the
     // replacements already in flight for them.
+    let mut others: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for (node, node_pods) in &pods_of {
         if leaving.contains(node) {
-            pods.extend(moving_pods(node_pods));
+            for p in moving_pods(node_pods) {
+                others.insert(p.key());
+                pods.push(p);
+            }
         }
     }
+    let mut all: Vec<String> = claims.iter().map(ResourceExt::name_any).collect();
+    all.sort();
     pods.extend(snapshot.provisionable().0);
     let mut scheduler = Scheduler::new(
         templates.clone(),
@@ -294,6 +377,9 @@ pub fn simulate_replacements(
                 .collect();
             from.sort();
             from.dedup();
+            if from.is_empty() && c.pods.iter().any(|p| others.contains(&p.key())) {
+                from = all.clone();
+            }
             (!from.is_empty()).then_some((c, from))
         })
         .collect();

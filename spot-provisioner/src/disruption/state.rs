@@ -59,6 +59,9 @@ pub struct View {
     pub pdbs: Vec<PodDisruptionBudget>,
     /// When the pass started.
     pub now: OffsetDateTime,
+    /// NodeClaims this process is disrupting whose marks may not be written yet: they count
+    /// as going away (so a pass never picks them again nor spends their budget twice).
+    pub busy: BTreeSet<String>,
 }
 
 impl View {
@@ -73,7 +76,12 @@ impl View {
                 source,
             })?
             .items;
-        Ok(View { snapshot, pdbs, now })
+        Ok(View {
+            snapshot,
+            pdbs,
+            now,
+            busy: BTreeSet::new(),
+        })
     }
 
     /// The NodeClaim of a node, by name.
@@ -98,11 +106,11 @@ impl View {
         claim.metadata.deletion_timestamp.is_some() || Record::of(claim).is_some()
     }
 
-    /// The NodeClaims going away: deleting, carrying a disruption record, or named by a
-    /// live replacement (an interruption creates the replacement before it marks the
-    /// interrupted NodeClaim).
+    /// The NodeClaims going away: deleting, carrying a disruption record, named by a live
+    /// replacement (an interruption creates the replacement before it marks the interrupted
+    /// NodeClaim), or [`View::busy`].
     pub fn going_away(&self) -> BTreeSet<String> {
-        let mut out: BTreeSet<String> = BTreeSet::new();
+        let mut out: BTreeSet<String> = self.busy.clone();
         let mut replaced: BTreeSet<&str> = BTreeSet::new();
         for claim in &self.snapshot.claims {
             if View::claim_disrupting(claim) {
