@@ -6,8 +6,8 @@
 //! - Quantities and resources: [`quantity`], [`resources`].
 //! - Scheduling vocabulary: [`labels`], [`requirements`], [`pod`]; the scheduling simulation:
 //!   [`scheduling`].
-//! - Capacity: [`instance_type`], [`allocatable`], [`catalog`], [`price`], and instance-type
-//!   selection: [`select`].
+//! - Capacity: [`instance_type`], [`allocatable`], [`catalog`], [`price`], instance-type
+//!   selection: [`select`], and launch planning (one fleet request per claim): [`launch`].
 //! - Interruptions: [`event`], and the seams that produce and act on them: [`source`],
 //!   [`node`], [`cloud`], [`clock`], [`leader`].
 //! - Disruption (consolidation, drift, budgets): [`disruption`].
@@ -21,6 +21,7 @@ pub mod disruption;
 pub mod event;
 pub mod instance_type;
 pub mod labels;
+pub mod launch;
 pub mod leader;
 pub mod node;
 pub mod offerings;

@@ -13,15 +13,14 @@
 //!    unavailable (with the per-offering back-off of [`UnavailableOfferings`]) and the plan
 //!    is made again from what is left, falling back to other spot pools and then to
 //!    on-demand before the call returns. `MaxSpotInstanceCountExceeded` does not fall back.
+//!
+//! Steps 1 to 3 are [`spot_core::launch::plan`], which spot-sim's simulation shares.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use spot_core::cloud::{
-    AllocationStrategy, CloudProvider, FleetRequest, Instance, LaunchCandidate, LaunchError,
-};
+use spot_core::cloud::{CloudProvider, FleetRequest, Instance, LaunchError};
 use spot_core::instance_type::CapacityType;
-use spot_core::labels;
 use spot_core::offerings::UnavailableOfferings;
 use spot_core::requirements::Requirements;
 use spot_core::scheduling::InstanceTypeOption;
@@ -80,7 +79,8 @@ pub enum Error {
 /// Launch settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchOptions {
-    /// At most this many instance types per fleet request (Karpenter: 60).
+    /// At most this many instance types per fleet request (Karpenter: 60,
+    /// [`spot_core::launch::MAX_INSTANCE_TYPES`]).
     pub max_instance_types: usize,
     /// At most this many fleet requests per launch (each one marks at least one offering
     /// unavailable, so this only bounds pathological providers).
@@ -90,38 +90,16 @@ pub struct LaunchOptions {
 impl Default for LaunchOptions {
     fn default() -> Self {
         LaunchOptions {
-            max_instance_types: 60,
+            max_instance_types: spot_core::launch::MAX_INSTANCE_TYPES,
             max_attempts: 16,
         }
     }
 }
 
-/// The result of planning: one fleet request, before tags.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LaunchPlan {
-    /// The capacity type of the request.
-    pub capacity_type: CapacityType,
-    /// Pools, cheapest type first (a type's offerings stay together).
-    pub candidates: Vec<LaunchCandidate>,
-    /// Distinct instance types in the request.
-    pub instance_types: Vec<String>,
-}
+pub use spot_core::launch::LaunchPlan;
 
-fn capacity_type_allowed(reqs: &Requirements, ct: CapacityType) -> bool {
-    reqs.get(labels::CAPACITY_TYPE)
-        .is_none_or(|r| r.matches(Some(ct.as_str())))
-}
-
-fn zone_allowed(reqs: &Requirements, zone: &str) -> bool {
-    reqs.get(labels::ZONE).is_none_or(|r| r.matches(Some(zone)))
-}
-
-/// An available offering: zone, capacity type, price.
-type Offer<'a> = (&'a str, CapacityType, f64);
-/// A type with its offerings of the chosen capacity type (zone, price) and its cheapest price.
-type Ranked<'a> = (&'a InstanceTypeOption, Vec<(&'a str, f64)>, f64);
-
-/// Plans one fleet request for a claim: see the module documentation for the rules.
+/// Plans one fleet request for a claim with [`spot_core::launch::plan`] (see the module
+/// documentation for the rules); the error names the claim.
 pub fn plan(
     claim: &str,
     requirements: &Requirements,
@@ -129,117 +107,23 @@ pub fn plan(
     unavailable: &UnavailableOfferings,
     options: &LaunchOptions,
 ) -> Result<LaunchPlan, Error> {
-    // Available offerings per type, compatible with the claim's zone and capacity type.
-    let mut usable: Vec<(&InstanceTypeOption, Vec<Offer<'_>>)> = Vec::new();
-    for t in types {
-        let name = &t.instance_type.name;
-        let offers: Vec<_> = t
-            .offerings
-            .iter()
-            .filter(|o| {
-                o.available
-                    && capacity_type_allowed(requirements, o.capacity_type)
-                    && zone_allowed(requirements, &o.zone)
-                    && !unavailable.is_unavailable(name, &o.zone, o.capacity_type)
-            })
-            .map(|o| (o.zone.as_str(), o.capacity_type, o.price))
-            .collect();
-        if !offers.is_empty() {
-            usable.push((t, offers));
-        }
-    }
-    // Karpenter's SpotOfferingFilter: a spot pool dearer than the cheapest on-demand one is
-    // never worth it, so it is dropped before the capacity type is chosen.
-    let cheapest_on_demand = usable
-        .iter()
-        .flat_map(|(_, o)| o.iter())
-        .filter(|x| x.1 == CapacityType::OnDemand)
-        .map(|x| x.2)
-        .fold(f64::INFINITY, f64::min);
-    for (_, offers) in &mut usable {
-        offers.retain(|x| x.1 == CapacityType::OnDemand || x.2 <= cheapest_on_demand);
-    }
-    let has = |ct: CapacityType| usable.iter().any(|(_, o)| o.iter().any(|x| x.1 == ct));
-    let capacity_type = if has(CapacityType::Spot) {
-        CapacityType::Spot
-    } else if has(CapacityType::OnDemand) {
-        CapacityType::OnDemand
-    } else {
-        return Err(Error::NoOffering {
+    spot_core::launch::plan(requirements, types, unavailable, options.max_instance_types).map_err(|e| match e
+    {
+        spot_core::launch::Error::NoOffering { .. } => Error::NoOffering {
             claim: claim.to_owned(),
-            reason: format!(
-                "{} candidate types, none with an available offering matching the claim's zone and \
-                 capacity-type requirements",
-                types.len()
-            ),
-        });
-    };
-    let mut ranked: Vec<Ranked<'_>> = usable
-        .into_iter()
-        .filter_map(|(t, offers)| {
-            let mut o: Vec<(&str, f64)> = offers
-                .into_iter()
-                .filter(|x| x.1 == capacity_type)
-                .map(|x| (x.0, x.2))
-                .collect();
-            o.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
-            let min = o.first()?.1;
-            Some((t, o, min))
-        })
-        .collect();
-    if ranked.is_empty() {
-        return Err(Error::NoOffering {
+            reason: e.to_string(),
+        },
+        spot_core::launch::Error::MinValues {
+            key,
+            min_values,
+            available,
+        } => Error::MinValues {
             claim: claim.to_owned(),
-            reason: "every spot offering is priced above the cheapest on-demand offering".into(),
-        });
-    }
-    ranked.sort_by(|a, b| {
-        a.2.total_cmp(&b.2)
-            .then_with(|| a.0.instance_type.name.cmp(&b.0.instance_type.name))
-    });
-    ranked.truncate(options.max_instance_types.max(1));
-    check_min_values(claim, requirements, ranked.iter().map(|r| r.0))?;
-    let mut candidates = Vec::new();
-    let mut instance_types = Vec::new();
-    for (t, offers, _) in &ranked {
-        instance_types.push(t.instance_type.name.clone());
-        for (zone, price) in offers {
-            candidates.push(LaunchCandidate {
-                instance_type: t.instance_type.name.clone(),
-                zone: (*zone).to_owned(),
-                price: *price,
-            });
-        }
-    }
-    Ok(LaunchPlan {
-        capacity_type,
-        candidates,
-        instance_types,
+            key,
+            min_values,
+            available,
+        },
     })
-}
-
-/// Checks every requirement with `minValues` against the types kept.
-fn check_min_values<'a>(
-    claim: &str,
-    requirements: &Requirements,
-    kept: impl Iterator<Item = &'a InstanceTypeOption> + Clone,
-) -> Result<(), Error> {
-    for r in requirements.iter() {
-        let Some(min) = r.min_values() else { continue };
-        let distinct: BTreeSet<String> = kept
-            .clone()
-            .filter_map(|t| t.requirements.get(r.key()).and_then(|tr| tr.intersect(r).any()))
-            .collect();
-        if distinct.len() < min as usize {
-            return Err(Error::MinValues {
-                claim: claim.to_owned(),
-                key: r.key().to_owned(),
-                min_values: min,
-                available: distinct.len(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// What [`launch`] did, for metrics, events and logs.
@@ -286,10 +170,7 @@ pub async fn launch(
             capacity_type: plan.capacity_type,
             candidates: plan.candidates.clone(),
             count: 1,
-            strategy: match plan.capacity_type {
-                CapacityType::Spot => AllocationStrategy::PriceCapacityOptimized,
-                CapacityType::OnDemand => AllocationStrategy::LowestPrice,
-            },
+            strategy: plan.default_strategy(),
             tags: tags.clone(),
         };
         report.requests += 1;
@@ -366,8 +247,10 @@ mod tests {
     use spot_core::allocatable::AllocatableModel;
     use spot_core::catalog::synthetic_type;
     use spot_core::clock::FixedClock;
+    use spot_core::cloud::AllocationStrategy;
     use spot_core::cloud::{Error as CloudError, FleetResult};
     use spot_core::instance_type::Offering;
+    use spot_core::labels;
     use spot_core::requirements::{Operator, Requirement};
     use time::OffsetDateTime;
 

@@ -2,11 +2,12 @@
 //! spot allocation strategies) with or without consolidation and rebalance replacement
 //! ([`Scenario`]), and how a NodeClaim becomes a fleet request under it ([`plan`]).
 //!
-//! [`plan`] follows spot-provisioner's launch planning (karpenter.md §2): the offerings of the
-//! claim's types that are available, allowed by its zone and capacity-type requirements and
-//! not marked unavailable; spot offerings dearer than the cheapest on-demand one dropped;
-//! spot when any spot offering is left, else on-demand; types ordered by their cheapest
-//! offering and truncated to 60. The allocation then decides the strategy of the request
+//! [`plan`] is spot-provisioner's launch planning, [`spot_core::launch::plan`] (karpenter.md
+//! §2): the offerings of the claim's types that are available, allowed by its zone and
+//! capacity-type requirements and not marked unavailable; spot offerings dearer than the
+//! cheapest on-demand one dropped; spot when any spot offering is left, else on-demand; types
+//! ordered by their cheapest offering and truncated to 60 with `minValues` kept. The
+//! allocation then decides the strategy of the request
 //! (on-demand requests are always `lowest-price`) and, for [`Allocation::Diversified`], which
 //! pools it lists: the `N` cheapest, rotated on every launch so that consecutive launches
 //! land in different pools (a one-instance fleet request would otherwise always take the
@@ -19,19 +20,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use spot_core::cloud::{AllocationStrategy, LaunchCandidate};
 use spot_core::instance_type::CapacityType;
-use spot_core::labels;
+use spot_core::launch;
 use spot_core::offerings::UnavailableOfferings;
 use spot_core::requirements::Requirements;
 use spot_core::scheduling::InstanceTypeOption;
-
-/// A type with its usable offerings: (zone, capacity type, price).
-type Usable<'a> = (&'a InstanceTypeOption, Vec<(&'a str, CapacityType, f64)>);
-/// A type with its offerings of the chosen capacity type, (zone, price), and its cheapest price.
-type Ranked<'a> = (&'a InstanceTypeOption, Vec<(&'a str, f64)>, f64);
-
-/// How many instance types one fleet request lists (EC2 Fleet's practical limit, as
-/// Karpenter's AWS provider).
-pub const MAX_FLEET_TYPES: usize = 60;
 
 /// Errors of this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,14 +36,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// No offering of the claim can be launched.
-    #[error(
-        "no available offering among {types} instance types for the claim's zone and capacity-type requirements"
-    )]
-    NoOffering {
-        /// How many types the claim listed.
-        types: usize,
-    },
+    /// The claim cannot be planned (no usable offering, or `minValues`).
+    #[error(transparent)]
+    Launch(#[from] launch::Error),
 }
 
 /// How capacity is bought.
@@ -252,10 +239,6 @@ pub struct Plan {
     pub strategy: AllocationStrategy,
 }
 
-fn allowed(reqs: &Requirements, key: &str, value: &str) -> bool {
-    reqs.get(key).is_none_or(|r| r.matches(Some(value)))
-}
-
 /// Plans one fleet request for a claim (see the [module documentation](self)); `rotation`
 /// turns the pool list of a diversified request.
 pub fn plan(
@@ -265,66 +248,9 @@ pub fn plan(
     unavailable: &UnavailableOfferings,
     rotation: usize,
 ) -> Result<Plan, Error> {
-    let mut usable: Vec<Usable<'_>> = Vec::new();
-    for t in types {
-        let name = t.name();
-        let offers: Vec<_> = t
-            .offerings
-            .iter()
-            .filter(|o| {
-                o.available
-                    && allowed(requirements, labels::CAPACITY_TYPE, o.capacity_type.as_str())
-                    && allowed(requirements, labels::ZONE, &o.zone)
-                    && !unavailable.is_unavailable(name, &o.zone, o.capacity_type)
-            })
-            .map(|o| (o.zone.as_str(), o.capacity_type, o.price))
-            .collect();
-        if !offers.is_empty() {
-            usable.push((t, offers));
-        }
-    }
-    let cheapest_on_demand = usable
-        .iter()
-        .flat_map(|(_, o)| o.iter())
-        .filter(|x| x.1 == CapacityType::OnDemand)
-        .map(|x| x.2)
-        .fold(f64::INFINITY, f64::min);
-    for (_, offers) in &mut usable {
-        offers.retain(|x| x.1 == CapacityType::OnDemand || x.2 <= cheapest_on_demand);
-    }
-    let has = |ct: CapacityType| usable.iter().any(|(_, o)| o.iter().any(|x| x.1 == ct));
-    let capacity_type = if has(CapacityType::Spot) {
-        CapacityType::Spot
-    } else if has(CapacityType::OnDemand) {
-        CapacityType::OnDemand
-    } else {
-        return Err(Error::NoOffering { types: types.len() });
-    };
-    let mut ranked: Vec<Ranked<'_>> = usable
-        .into_iter()
-        .filter_map(|(t, offers)| {
-            let mut o: Vec<(&str, f64)> = offers
-                .into_iter()
-                .filter(|x| x.1 == capacity_type)
-                .map(|x| (x.0, x.2))
-                .collect();
-            o.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
-            let min = o.first()?.1;
-            Some((t, o, min))
-        })
-        .collect();
-    ranked.sort_by(|a, b| a.2.total_cmp(&b.2).then_with(|| a.0.name().cmp(b.0.name())));
-    ranked.truncate(MAX_FLEET_TYPES);
-    let mut candidates: Vec<LaunchCandidate> = ranked
-        .iter()
-        .flat_map(|(t, offers, _)| {
-            offers.iter().map(|(zone, price)| LaunchCandidate {
-                instance_type: t.name().to_owned(),
-                zone: (*zone).to_owned(),
-                price: *price,
-            })
-        })
-        .collect();
+    let launch = launch::plan(requirements, types, unavailable, launch::MAX_INSTANCE_TYPES)?;
+    let capacity_type = launch.capacity_type;
+    let mut candidates = launch.candidates;
     let strategy = match capacity_type {
         CapacityType::OnDemand => AllocationStrategy::LowestPrice,
         CapacityType::Spot => allocation.strategy(),
@@ -354,6 +280,7 @@ mod tests {
     use spot_core::catalog::synthetic_type;
     use spot_core::clock::Clock;
     use spot_core::instance_type::Offering;
+    use spot_core::labels;
     use spot_core::requirements::{Operator, Requirement};
     use time::OffsetDateTime;
     use time::macros::datetime;
@@ -415,28 +342,39 @@ mod tests {
     }
 
     #[test]
-    fn plans_follow_the_launch_rules() {
+    fn plans_take_the_shared_launch_plan_and_the_allocation_decides_strategy_and_pools() {
         use CapacityType::*;
         let unavailable = UnavailableOfferings::new(Arc::new(Fixed));
         let types = vec![
             option(
                 "m5.large",
-                &[("a", Spot, 0.04), ("b", Spot, 0.03), ("a", OnDemand, 0.096)],
+                &[
+                    ("us-east-1a", Spot, 0.04),
+                    ("us-east-1b", Spot, 0.03),
+                    ("us-east-1a", OnDemand, 0.096),
+                ],
             ),
-            option("c5.large", &[("a", Spot, 0.09), ("a", OnDemand, 0.085)]),
-            option("r5.large", &[("a", Spot, 0.05), ("b", OnDemand, 0.126)]),
+            option(
+                "c5.large",
+                &[("us-east-1a", Spot, 0.09), ("us-east-1a", OnDemand, 0.085)],
+            ),
+            option(
+                "r5.large",
+                &[("us-east-1a", Spot, 0.05), ("us-east-1b", OnDemand, 0.126)],
+            ),
         ];
         let none = Requirements::new();
-        let p = plan(Allocation::PriceCapacityOptimized, &none, &types, &unavailable, 0).unwrap();
-        assert_eq!(p.capacity_type, Spot);
-        assert_eq!(p.strategy, AllocationStrategy::PriceCapacityOptimized);
-        // c5.large's spot offering is dearer than the cheapest on-demand one: dropped.
-        let pools: Vec<String> = p
-            .candidates
-            .iter()
-            .map(|c| format!("{}/{}", c.instance_type, c.zone))
-            .collect();
-        assert_eq!(pools, ["m5.large/b", "m5.large/a", "r5.large/a"]);
+        let shared = launch::plan(&none, &types, &unavailable, launch::MAX_INSTANCE_TYPES).unwrap();
+        for allocation in [
+            Allocation::LowestPrice,
+            Allocation::CapacityOptimized,
+            Allocation::PriceCapacityOptimized,
+        ] {
+            let p = plan(allocation, &none, &types, &unavailable, 0).unwrap();
+            assert_eq!(p.capacity_type, Spot);
+            assert_eq!(p.strategy, allocation.strategy());
+            assert_eq!(p.candidates, shared.candidates, "{allocation}");
+        }
         // Diversified: the two cheapest pools, rotated.
         let d = plan(
             Allocation::Diversified { pools: 2 },
@@ -447,27 +385,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.strategy, AllocationStrategy::Diversified);
-        let pools: Vec<&str> = d.candidates.iter().map(|c| c.zone.as_str()).collect();
-        assert_eq!(pools, ["a", "b"]);
-        // On-demand only.
+        let pools: Vec<String> = d
+            .candidates
+            .iter()
+            .map(|c| format!("{}/{}", c.instance_type, c.zone))
+            .collect();
+        assert_eq!(pools, ["m5.large/us-east-1a", "m5.large/us-east-1b"]);
+        // On-demand requests are lowest-price whatever the allocation.
         let od = Requirements::new()
             .with(Requirement::new(labels::CAPACITY_TYPE, Operator::In, ["on-demand"]).unwrap());
-        let p = plan(Allocation::OnDemand, &od, &types, &unavailable, 0).unwrap();
+        let p = plan(Allocation::Diversified { pools: 2 }, &od, &types, &unavailable, 1).unwrap();
         assert_eq!(
             (p.capacity_type, p.strategy),
             (OnDemand, AllocationStrategy::LowestPrice)
         );
-        assert_eq!(p.candidates[0].instance_type, "c5.large");
-        // Marked pools are skipped; with every spot pool marked, on-demand.
-        for (t, z) in [("m5.large", "a"), ("m5.large", "b"), ("r5.large", "a")] {
-            unavailable.mark(t, z, Spot);
-        }
-        let p = plan(Allocation::LowestPrice, &none, &types, &unavailable, 0).unwrap();
-        assert_eq!(p.capacity_type, OnDemand);
-        let zone_c = Requirements::new().with(Requirement::new(labels::ZONE, Operator::In, ["c"]).unwrap());
+        assert_eq!(p.candidates[0].instance_type, "c5.large", "not rotated");
+        let zone_c =
+            Requirements::new().with(Requirement::new(labels::ZONE, Operator::In, ["us-east-1c"]).unwrap());
         assert_eq!(
             plan(Allocation::LowestPrice, &zone_c, &types, &unavailable, 0),
-            Err(Error::NoOffering { types: 3 })
+            Err(Error::Launch(launch::Error::NoOffering { types: 3 }))
         );
     }
 }
