@@ -5,6 +5,7 @@
 mod bench;
 mod catalog;
 mod crds;
+mod demo;
 mod moto;
 mod prices;
 mod test;
@@ -26,6 +27,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
+    /// The demo: a simulated spot cluster from an empty cluster to spot interruptions
+    /// handled without losing a pod (`cargo xtask demo --help`).
+    Demo(demo::DemoArgs),
     /// Formatting, clippy and the whole test suite, with a moto server for the AWS tests.
     Test(test::TestArgs),
     /// Regenerate the embedded EC2 catalog (spot-core/data) from the moto package's data.
@@ -46,6 +50,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = project_root();
     match cli.task {
+        Task::Demo(args) => demo::run(&root, &args),
         Task::Test(args) => test::run(&root, &args),
         Task::Catalog(args) => catalog::run(&args),
         Task::FitPrices(args) => prices::run_fit(&args),
