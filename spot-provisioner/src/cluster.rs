@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use spot_core::pod::PodSpec;
@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub daemonsets: Vec<DaemonSet>,
     /// Pods.
     pub pods: Vec<Pod>,
+    /// The labels of every namespace, for pod affinity terms with a `namespaceSelector`.
+    pub namespaces: convert::NamespaceLabels,
 }
 
 impl Snapshot {
@@ -81,6 +83,17 @@ impl Snapshot {
             .await
             .map_err(list("daemonsets"))?
             .items;
+        let namespaces = Api::<Namespace>::all(client.clone())
+            .list(&lp)
+            .await
+            .map_err(list("namespaces"))?
+            .items
+            .into_iter()
+            .map(|ns| {
+                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                (ns.name_any(), labels)
+            })
+            .collect();
         let pods = Api::<Pod>::all(client.clone())
             .list(&lp)
             .await
@@ -93,7 +106,14 @@ impl Snapshot {
             nodeclasses,
             daemonsets,
             pods,
+            namespaces,
         })
+    }
+
+    /// Converts a pod, resolving its pod affinity `namespaceSelector`s against the
+    /// namespaces of this snapshot.
+    pub fn pod_spec(&self, pod: &Pod) -> Result<PodSpec, convert::Error> {
+        convert::pod_spec_in(pod, &self.namespaces)
     }
 
     /// Pods that wait for capacity, converted; pods that do not convert are returned apart
@@ -102,7 +122,7 @@ impl Snapshot {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         for p in self.pods.iter().filter(|p| convert::is_provisionable(p)) {
-            match convert::pod_spec(p) {
+            match self.pod_spec(p) {
                 Ok(spec) => ok.push(Arc::new(spec)),
                 Err(e) => bad.push((
                     format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
@@ -123,7 +143,7 @@ impl Snapshot {
             if convert::is_terminal(p) {
                 continue;
             }
-            if let Ok(spec) = convert::pod_spec(p) {
+            if let Ok(spec) = self.pod_spec(p) {
                 out.entry(node.to_owned()).or_default().push(Arc::new(spec));
             }
         }
@@ -156,7 +176,7 @@ impl Snapshot {
                     spec: template.spec,
                     status: None,
                 };
-                convert::pod_spec(&pod).ok()
+                self.pod_spec(&pod).ok()
             })
             .collect()
     }

@@ -7,6 +7,8 @@
 //! simulator's single, increasing counter), so orderings such as "the replacement was
 //! created before the first eviction" are checked exactly.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +18,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -26,18 +27,15 @@ use spot_core::instance_type::CapacityType;
 use spot_core::node::DrainOptions;
 use spot_core::packing::{BinType, Item, lower_bound};
 use spot_core::source::MemorySource;
-use spot_k8s::sim::{RunningSim, Sim, SimConfig};
-use spot_provisioner::api::{NodeClaim, NodePool, SpotNodeClass};
-use spot_provisioner::batcher::BatchWindow;
+use spot_provisioner::Settings;
+use spot_provisioner::api::{NodeClaim, NodePool};
 use spot_provisioner::cluster::Snapshot;
 use spot_provisioner::disruption::orchestrate::{REPLACEMENT_FOR_ANNOTATION, Record, replaces};
 use spot_provisioner::disruption::{Disruption, DisruptionSettings};
 use spot_provisioner::interruption::{Interruption, InterruptionSettings};
-use spot_provisioner::{InstanceCatalog, Provisioner, Settings};
-use spot_sim::cloud::SimClock;
-use spot_sim::register::RegistrarConfig;
-use spot_sim::{KubeRegistrar, MarketConfig, SimCloud, SimCloudConfig};
 use tokio::time::Instant;
+
+use common::{apply, deployment, initialized, list, node_of, pool, running, scale, sim_cloud, wait_for};
 
 /// One change seen by a watcher: resourceVersion, whether the object was deleted, the object.
 #[derive(Debug, Clone)]
@@ -90,137 +88,39 @@ where
     (log, task)
 }
 
+/// The shared harness with the interruption controller's event source.
 struct Env {
-    _running: RunningSim,
-    client: Client,
-    cloud: Arc<SimCloud>,
-    provisioner: Arc<Provisioner>,
+    base: common::Env,
     source: Arc<MemorySource>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+impl std::ops::Deref for Env {
+    type Target = common::Env;
+    fn deref(&self) -> &common::Env {
+        &self.base
     }
 }
 
-async fn apply<K>(client: &Client, obj: serde_json::Value) -> K
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(obj).expect("object");
-    let url = K::url_path(&(), obj.meta().namespace.as_deref());
-    let req = http::Request::post(url)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&obj).unwrap())
-        .unwrap();
-    client.request(req).await.expect("create")
-}
-
-fn sim_cloud(seed: u64) -> SimCloud {
-    SimCloud::offline(
-        SimCloudConfig {
-            api_latency: Duration::from_millis(20),
-            clock: SimClock::Manual,
-            ..SimCloudConfig::default()
-        },
-        MarketConfig {
-            seed,
-            band_monthly_rates: [0.0; 5],
-            ..MarketConfig::default()
-        },
-    )
-    .unwrap()
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut common::Env {
+        &mut self.base
+    }
 }
 
 /// A cluster with the CRDs, a node class in three zones and the NodePool `default` with
 /// `spec`; the provisioner runs, the controllers are started by the test.
 async fn env(nodepool_spec: serde_json::Value, seed: u64) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPOT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let running = Sim::new(SimConfig {
-        kubelet: true,
-        scheduler: true,
-        replicaset_controller: true,
-        ..SimConfig::default()
-    })
-    .start("127.0.0.1:0".parse().unwrap())
-    .await
-    .expect("start spot-kube-sim");
-    let mut config = kube::Config::new(running.url().parse().unwrap());
-    config.default_retry = false;
-    let client = Client::try_from(config).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in spot_provisioner::api::crds() {
-        crds.create(&PostParams::default(), &crd).await.expect("CRD");
-    }
-    apply::<SpotNodeClass>(
-        &client,
-        json!({"apiVersion": "spot.dev/v1", "kind": "SpotNodeClass", "metadata": {"name": "default"},
-               "spec": {"zones": [{"zone": "us-east-1a"}, {"zone": "us-east-1b"}, {"zone": "us-east-1c"}]}}),
-    )
-    .await;
-    apply::<NodePool>(
-        &client,
-        json!({"apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": {"name": "default"},
-               "spec": nodepool_spec}),
-    )
-    .await;
-    let cloud = Arc::new(sim_cloud(seed));
-    cloud.add_observer(Arc::new(
-        KubeRegistrar::new(
-            client.clone(),
-            RegistrarConfig {
-                registration_delay: Duration::from_millis(100),
-                ready_delay: Duration::from_millis(100),
-                ..RegistrarConfig::default()
-            },
-        )
-        .unwrap(),
-    ));
-    let catalog = Arc::new(InstanceCatalog::with_prices("us-east-1", cloud.clone()).unwrap());
-    let provisioner = Arc::new(
-        Provisioner::builder(client.clone(), cloud.clone(), catalog)
-            .settings(Settings {
-                batch: BatchWindow {
-                    idle: Duration::from_millis(200),
-                    max: Duration::from_secs(2),
-                },
-                resync: Duration::from_millis(200),
-                drain: DrainOptions {
-                    timeout: Duration::from_secs(30),
-                    eviction_retry: Duration::from_millis(200),
-                    ..DrainOptions::default()
-                },
-                ..Settings::default()
-            })
-            .build()
-            .unwrap(),
-    );
-    let task = tokio::spawn({
-        let p = provisioner.clone();
-        async move {
-            let _ = p.run(std::future::pending()).await;
-        }
-    });
+    let settings = Settings {
+        drain: DrainOptions {
+            timeout: Duration::from_secs(30),
+            eviction_retry: Duration::from_millis(200),
+            ..DrainOptions::default()
+        },
+        ..common::fast_settings()
+    };
     Env {
-        _running: running,
-        client,
-        cloud,
-        provisioner,
+        base: common::start(sim_cloud(seed), &[("default", nodepool_spec)], settings).await,
         source: Arc::new(MemorySource::new()),
-        tasks: vec![task],
     }
 }
 
@@ -237,10 +137,6 @@ impl Env {
         self.tasks.push(tokio::spawn(async move {
             controller.run(std::future::pending()).await.unwrap();
         }));
-    }
-
-    fn metrics(&self) -> String {
-        self.provisioner.metrics().encode()
     }
 }
 
@@ -266,85 +162,10 @@ fn fast_interruption() -> InterruptionSettings {
     }
 }
 
-fn pool(extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"template": {"spec": {
-    "nodeClassRef": {"group": "spot.dev", "kind": "SpotNodeClass", "name": "default"},
-    "requirements": [
-        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot", "on-demand"]},
-        {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
-        {"key": "karpenter.k8s.aws/instance-category", "operator": "In", "values": ["c", "m", "r"]},
-        {"key": "karpenter.k8s.aws/instance-generation", "operator": "Gt", "values": ["4"]}
-    ]}}});
-    merge(&mut spec, extra);
-    spec
-}
-
-fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
-    match (base, patch) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, p) => *b = p,
-    }
-}
-
-fn deployment(
-    name: &str,
-    replicas: i32,
-    cpu: &str,
-    memory: &str,
-    extra: serde_json::Value,
-) -> serde_json::Value {
-    let mut spec = json!({"terminationGracePeriodSeconds": 1, "containers": [{"name": "app", "image": "nginx",
-        "resources": {"requests": {"cpu": cpu, "memory": memory}}}]});
-    merge(&mut spec, extra);
-    json!({"apiVersion": "apps/v1", "kind": "Deployment",
-           "metadata": {"name": name, "namespace": "default"},
-           "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                    "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}})
-}
-
 /// One pod per node.
 fn spread(app: &str) -> serde_json::Value {
     json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
         {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": app}}}]}}})
-}
-
-async fn list<K>(client: &Client) -> Vec<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    Api::<K>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-}
-
-fn node_of(p: &Pod) -> Option<&str> {
-    p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-}
-
-fn running(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-}
-
-fn initialized(c: &NodeClaim) -> bool {
-    c.status.as_ref().is_some_and(|s| s.is_true("Initialized"))
-}
-
-async fn scale(client: &Client, name: &str, replicas: i32) {
-    Api::<Deployment>::namespaced(client.clone(), "default")
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-        )
-        .await
-        .unwrap();
 }
 
 /// Waits until `want` pods run on existing nodes and every NodeClaim is initialized with its
@@ -377,21 +198,6 @@ async fn wait_settled(client: &Client, want: usize, limit: Duration) -> Duration
                 nodes.len()
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
