@@ -922,15 +922,36 @@ async fn terminate(
             .delete(node, &DeleteParams::default())
             .await;
     }
-    Api::<NodeClaim>::all(client.clone())
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
+    remove_finalizer(client, &name).await
+}
+
+/// Removes [`TERMINATION_FINALIZER`] from a NodeClaim, leaving other controllers' finalizers
+/// alone. The patch carries the resourceVersion it was computed from, so a concurrent change
+/// makes it fail (and the termination retries) instead of dropping a finalizer added meanwhile.
+/// A NodeClaim already gone counts as done.
+async fn remove_finalizer(client: &Client, name: &str) -> Result<(), Error> {
+    let api = Api::<NodeClaim>::all(client.clone());
+    let Some(claim) = api
+        .get_opt(name)
         .await
-        .map_err(api_err(format!("removing the finalizer of {name}")))?;
-    Ok(())
+        .map_err(api_err(format!("reading {name} to remove its finalizer")))?
+    else {
+        return Ok(());
+    };
+    let finalizers = claim.metadata.finalizers.unwrap_or_default();
+    if !finalizers.iter().any(|f| f == TERMINATION_FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<&String> = finalizers.iter().filter(|f| *f != TERMINATION_FINALIZER).collect();
+    let patch = json!({"metadata": {
+        "finalizers": rest,
+        "resourceVersion": claim.metadata.resource_version,
+    }});
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(api_err(format!("removing the finalizer of {name}"))(e)),
+    }
 }
 
 /// Turns pod changes into triggers: every pod that becomes provisionable wakes the batcher.
