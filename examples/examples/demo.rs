@@ -21,7 +21,7 @@ use spot_examples::demo::{self, Options, Progress, clock_label};
 /// summary; exits non-zero if a pod was lost or something failed. No AWS account, cluster
 /// or Python needed.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask demo")]
+#[command(name = "cargo xtask demo", bin_name = "cargo xtask demo")]
 struct Args {
     /// Multiplies the workload's replicas (1: 52 pods in 5 Deployments).
     #[arg(long, default_value_t = 1.0)]
@@ -29,7 +29,9 @@ struct Args {
     /// Seed of the spot market, instance ids and the choice of interrupted nodes.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Simulated seconds per real second (a two-minute spot notice lasts 120/speed s).
+    /// Simulated seconds per real second. A two-minute spot notice lasts 120/speed s of real
+    /// time, and the handlers are not sped up: far above the default, EC2 reclaims nodes
+    /// before the replacement is up and the drain done, and pods are lost.
     #[arg(long, default_value_t = 10.0)]
     speed: f64,
     /// Spot interruption notices (one more spot node gets a rebalance recommendation).

@@ -191,14 +191,23 @@ impl Observed {
         self.apps.values().map(|(_, h)| h).sum()
     }
 
+    /// Every NodeClaim is initialized and not going away.
+    pub fn claims_settled(&self) -> bool {
+        self.claims
+            .iter()
+            .all(|c| c.metadata.deletion_timestamp.is_none() && initialized(c))
+    }
+
     /// Every pod runs, and every NodeClaim is initialized and not going away.
     pub fn settled(&self) -> bool {
-        self.healthy() == self.wanted()
-            && self.on_missing_nodes.is_empty()
-            && self
-                .claims
-                .iter()
-                .all(|c| c.metadata.deletion_timestamp.is_none() && initialized(c))
+        self.healthy() == self.wanted() && self.on_missing_nodes.is_empty() && self.claims_settled()
+    }
+
+    /// Nothing will change any more: the NodeClaims are settled and every pod runs, or is
+    /// lost on a node that went away (its ReplicaSet still counts it, so it is never
+    /// replaced).
+    pub fn at_rest(&self) -> bool {
+        self.claims_settled() && self.healthy() + self.on_missing_nodes.len() >= self.wanted()
     }
 }
 
@@ -392,17 +401,19 @@ pub async fn run(options: &Options, progress: Arc<dyn Progress>) -> Result<Demo>
             options.interruptions
         ));
     }
+    let mut last_deadline = world.cloud.elapsed();
     for (i, v) in victims.iter().enumerate() {
         if i > 0 {
             tokio::time::sleep(world.real(Duration::from_secs(30))).await;
         }
         match v.kind {
             Kind::Notice => {
-                world
+                let plan = world
                     .cloud
                     .interrupt(&v.instance, None)
                     .await
                     .with_context(|| format!("interrupting {}", v.instance))?;
+                last_deadline = last_deadline.max(plan.terminate_at);
             }
             Kind::Rebalance => {
                 world
@@ -416,7 +427,6 @@ pub async fn run(options: &Options, progress: Arc<dyn Progress>) -> Result<Demo>
 
     // 3. Until every disrupted node is replaced and gone, the deadlines passed, the queue
     //    drained and every pod runs again.
-    let last_deadline = world.cloud.elapsed() + Duration::from_secs(120);
     loop {
         let done = wait_for(&world, &apps, "interruptions", options.phase_limit, |o| {
             let names: Vec<String> = o.claims.iter().map(|c| c.name_any()).collect();
@@ -428,7 +438,7 @@ pub async fn run(options: &Options, progress: Arc<dyn Progress>) -> Result<Demo>
                 o.wanted()
             );
             (
-                (gone == victims.len() && o.settled()).then_some(()),
+                (gone == victims.len() && o.at_rest()).then_some(()),
                 gone,
                 victims.len(),
                 detail,

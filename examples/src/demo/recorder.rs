@@ -258,7 +258,8 @@ fn on_claim(records: &mut Records, timeline: &Timeline, claim: &NodeClaim, delet
         let node = rec.node.clone().unwrap_or_default();
         let evicted = records.evicted_from(&node);
         timeline.event(&format!(
-            "provisioner: {name} gone: {evicted} pods evicted from {node}, instance terminated"
+            "provisioner: {name} gone: {} evicted from {node}, instance terminated",
+            super::summary::plural(evicted, "pod")
         ));
     }
 }

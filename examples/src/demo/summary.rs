@@ -45,6 +45,8 @@ pub struct Handled {
     pub ready_before_first_eviction: Option<bool>,
     /// Pods evicted from the node.
     pub evicted: usize,
+    /// Pods still on the node when EC2 reclaimed it (lost).
+    pub lost: usize,
     /// Whether spot-nth, hearing it from IMDS, tainted and cordoned the node.
     pub nth: bool,
 }
@@ -96,9 +98,10 @@ impl Summary {
         self.apps.iter().map(|(_, _, r)| r).sum()
     }
 
-    /// Disruptions the provisioner handled (node replaced and gone).
+    /// Disruptions the provisioner handled: the node was drained and removed, no pod left
+    /// on it.
     pub fn handled_count(&self) -> usize {
-        self.handled.iter().filter(|h| h.replaced).count()
+        self.handled.iter().filter(|h| h.replaced && h.lost == 0).count()
     }
 
     /// Disruptions spot-nth acted on through IMDS.
@@ -114,7 +117,7 @@ impl Summary {
         }
         if self.handled_count() < self.handled.len() {
             out.push(format!(
-                "{} of {} disrupted nodes were not replaced",
+                "{} of {} disrupted nodes were not drained and replaced in time",
                 self.handled.len() - self.handled_count(),
                 self.handled.len()
             ));
@@ -161,7 +164,7 @@ impl Summary {
         for g in &self.nodes {
             let _ = writeln!(
                 s,
-                "    {:>2} × {:<14} {:<10} ${:>7.4}/h  (on-demand ${:.4}/h)",
+                "    {:>2} × {:<18} {:<10} ${:>7.4}/h  (on-demand ${:.4}/h)",
                 g.count, g.instance_type, g.capacity_type, g.cost_per_hour, g.on_demand_per_hour
             );
         }
@@ -182,7 +185,7 @@ impl Summary {
             .count();
         let _ = writeln!(
             s,
-            "  interruptions  {} of {} handled ({notices} spot notices, {} rebalance recommendation)",
+            "  interruptions  {} of {} handled without loss ({notices} spot notices, {} rebalance recommendation)",
             self.handled_count(),
             self.handled.len(),
             self.handled.len() - notices
@@ -198,6 +201,14 @@ impl Summary {
                 None if h.evicted == 0 => "no pod to move",
                 None => "pods fit on other nodes, no replacement needed",
             };
+            let lost = if h.lost > 0 {
+                format!(
+                    "; {} LOST: EC2 reclaimed the node before the drain",
+                    plural(h.lost, "pod")
+                )
+            } else {
+                String::new()
+            };
             let to = if h.replacements.is_empty() {
                 String::new()
             } else {
@@ -205,10 +216,10 @@ impl Summary {
             };
             let _ = writeln!(
                 s,
-                "    {what} {} ({}): {} pods moved{to}; {order}{}",
+                "    {what} {} ({}): {} moved{to}; {order}{lost}{}",
                 h.victim.instance,
                 h.offering,
-                h.evicted,
+                plural(h.evicted, "pod"),
                 if h.nth {
                     "; spot-nth cordoned it from IMDS"
                 } else {
@@ -232,6 +243,15 @@ impl Summary {
             let _ = writeln!(s, "    {l}");
         }
         s
+    }
+}
+
+/// `n thing` or `n things`.
+pub fn plural(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
     }
 }
 
@@ -322,6 +342,11 @@ pub async fn compute(
                         .collect(),
                     ready_before_first_eviction,
                     evicted: r.evicted_from(&v.node),
+                    lost: observed
+                        .on_missing_nodes
+                        .iter()
+                        .filter(|p| p.ends_with(&format!(" on {}", v.node)))
+                        .count(),
                     nth: r.nth.contains_key(&v.node),
                 }
             })
