@@ -49,6 +49,7 @@ struct Args {
 /// Prints timeline entries, with an in-place progress line when stdout is a terminal.
 struct Terminal {
     tty: bool,
+    origin: tokio::time::Instant,
     status: Mutex<String>,
 }
 
@@ -83,7 +84,11 @@ impl Progress for Terminal {
     }
 
     fn status(&self, phase: &str, done: usize, total: usize, detail: &str) {
-        let line = format!("{} {phase}: {done}/{total}  {detail}", Self::bar(done, total));
+        let line = format!(
+            "{:>6.1}s  {} {phase}: {done}/{total}  {detail}",
+            self.origin.elapsed().as_secs_f64(),
+            Self::bar(done, total)
+        );
         let mut status = self
             .status
             .lock()
@@ -131,6 +136,7 @@ async fn main() -> Result<()> {
     options.validate()?;
     let terminal = Arc::new(Terminal {
         tty: std::io::stdout().is_terminal(),
+        origin: tokio::time::Instant::now(),
         status: Mutex::new(String::new()),
     });
     println!(

@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: builds and runs the demo example of `spot-examples` (dev profile: a
 //! release build of the AWS SDK takes far longer than the demo), passing every argument
-//! through. The demo lives in `examples/` so that xtask does not link the AWS SDK.
+//! through. Cargo's progress stays visible: the first build takes minutes. The demo lives in `examples/` so that xtask does not link the AWS SDK.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,7 +21,7 @@ pub fn run(root: &Path, args: &DemoArgs) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
-        .args(["run", "--quiet", "-p", "spot-examples", "--example", "demo", "--"])
+        .args(["run", "-p", "spot-examples", "--example", "demo", "--"])
         .args(&args.args)
         .status()
         .context("running cargo run -p spot-examples --example demo")?;
