@@ -14,7 +14,8 @@
 //!   interruptions and other terminal events replaced before the drain, rebalance policies.
 //! - [`batcher`]: the 1 s idle / 10 s max batch window; [`cluster`]: one loop's read of the
 //!   cluster; [`template`]: what can be launched, per NodePool; [`launch`]: candidate
-//!   ordering, truncation and same-call fallback; [`metrics`]: Prometheus metrics.
+//!   ordering, truncation and same-call fallback; [`metrics`]: Prometheus metrics;
+//!   [`events`]: Kubernetes Events on pods and NodeClaims.
 //!
 //! This crate does not pick a Kubernetes version: enable one `k8s-openapi` version feature in
 //! the final binary (or dev-dependencies), as k8s-openapi requires.
@@ -24,6 +25,7 @@ pub mod api;
 pub mod batcher;
 pub mod cluster;
 pub mod disruption;
+pub mod events;
 pub mod interruption;
 pub mod launch;
 pub mod manifests;

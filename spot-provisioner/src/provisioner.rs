@@ -31,6 +31,7 @@ use crate::api::{
 };
 use crate::batcher::{BatchWindow, Batcher, Trigger, Triggers};
 use crate::cluster::Snapshot;
+use crate::events::Events;
 use crate::launch::{self, LaunchOptions};
 use crate::metrics::Metrics;
 use crate::template::{self, InstanceCatalog};
@@ -123,6 +124,7 @@ pub struct Provisioner {
     actions: Arc<dyn NodeActions>,
     unavailable: Arc<UnavailableOfferings>,
     metrics: Arc<Metrics>,
+    events: Events,
     clock: Arc<dyn Clock>,
     settings: Settings,
     launching: Mutex<HashSet<String>>,
@@ -146,6 +148,7 @@ pub struct ProvisionerBuilder {
     actions: Option<Arc<dyn NodeActions>>,
     unavailable: Option<Arc<UnavailableOfferings>>,
     metrics: Option<Arc<Metrics>>,
+    events: Option<Events>,
     clock: Option<Arc<dyn Clock>>,
     settings: Settings,
 }
@@ -165,6 +168,11 @@ impl ProvisionerBuilder {
     /// Shares a metrics registry.
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+    /// Where Kubernetes Events go (default: [`crate::events::REPORTER`] over the same client).
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = Some(events);
         self
     }
     /// The clock (default: [`spot_core::clock::TokioClock`]).
@@ -187,7 +195,11 @@ impl ProvisionerBuilder {
             Some(a) => a,
             None => Arc::new(spot_k8s::actions::KubeNodeActions::new(self.client.clone())),
         };
+        let events = self
+            .events
+            .unwrap_or_else(|| Events::new(self.client.clone(), crate::events::REPORTER.into()));
         Ok(Provisioner {
+            events,
             client: self.client,
             cloud: self.cloud,
             catalog: self.catalog,
@@ -252,6 +264,7 @@ impl Provisioner {
             actions: None,
             unavailable: None,
             metrics: None,
+            events: None,
             clock: None,
             settings: Settings::default(),
         }
@@ -285,6 +298,11 @@ impl Provisioner {
     /// What can be launched (instance types, zones, prices).
     pub fn catalog(&self) -> &Arc<InstanceCatalog> {
         &self.catalog
+    }
+
+    /// Where Kubernetes Events go.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// The clock.
@@ -479,6 +497,8 @@ impl Provisioner {
             created.push((obj, claim.instance_types.clone()));
         }
         report.claims_created = created.iter().map(|(o, _)| o.name_any()).collect();
+        self.events
+            .provisioned(&snapshot, &solution, &report.claims_created, &report.unschedulable);
         // Launch right away rather than waiting for the lifecycle tick.
         let launches = created
             .into_iter()
@@ -610,10 +630,13 @@ impl Provisioner {
         let api = Api::<NodeClaim>::all(self.client.clone());
         // The snapshot this claim came from may predate a launch that just finished: read it
         // again, and never launch a claim twice.
-        match api.get_opt(&name).await {
+        let claim = match api.get_opt(&name).await {
             Ok(Some(fresh))
                 if fresh.metadata.deletion_timestamp.is_none()
-                    && !Snapshot::claim_is(&fresh, conditions::LAUNCHED) => {}
+                    && !Snapshot::claim_is(&fresh, conditions::LAUNCHED) =>
+            {
+                fresh
+            }
             Ok(_) => {
                 self.done_launching(&name);
                 return;
@@ -623,7 +646,7 @@ impl Provisioner {
                 self.done_launching(&name);
                 return;
             }
-        }
+        };
         let pool = claim.labels().get(labels::NODE_POOL).cloned().unwrap_or_default();
         let requirements = match claim.requirements() {
             Ok(r) => r,
@@ -676,6 +699,7 @@ impl Provisioner {
                     warn!(nodeclaim = %name, error = %e, "recording launch failed");
                 }
                 self.metrics.launched(&pool, instance.capacity_type.as_str());
+                self.events.launched(&claim, &instance);
                 info!(nodeclaim = %name, instance = %instance.id, instance_type = %instance.instance_type, zone = %instance.zone, capacity_type = %instance.capacity_type.as_str(), requests = report.requests, "launched");
             }
             Err(e) => {
@@ -687,6 +711,8 @@ impl Provisioner {
                     launch::Error::Provider { .. } => "provider",
                 };
                 self.metrics.failed(&pool, class);
+                self.events
+                    .launch_failed(&claim, class == "insufficient_capacity" || class == "no_offering", &e);
                 warn!(nodeclaim = %name, error = %e, "Provisioning failed");
                 // Nothing was launched: drop the finalizer with the claim.
                 let _ = api
@@ -788,6 +814,7 @@ impl Provisioner {
                     )
                     .await
                     .map_err(api_err(format!("recording registration of {name}")))?;
+                self.events.registered(claim, &node_name);
                 continue;
             }
             if !Snapshot::claim_is(claim, conditions::INITIALIZED) {
@@ -820,6 +847,7 @@ impl Provisioner {
                         )
                         .await
                         .map_err(api_err(format!("recording initialization of {name}")))?;
+                    self.events.initialized(claim, &node_name);
                 }
             }
         }
@@ -863,7 +891,9 @@ impl Provisioner {
         let actions = self.actions.clone();
         let drain = self.settings.drain.clone();
         let terminating = self.terminating.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
+            events.terminating(&claim, node.as_deref());
             let r = terminate(
                 &client,
                 cloud.as_ref(),
@@ -873,8 +903,9 @@ impl Provisioner {
                 &drain,
             )
             .await;
-            if let Err(e) = &r {
-                warn!(nodeclaim = %name, error = %e, "terminating NodeClaim failed; will retry");
+            match &r {
+                Ok(()) => events.terminated(&claim),
+                Err(e) => warn!(nodeclaim = %name, error = %e, "terminating NodeClaim failed; will retry"),
             }
             if let Ok(mut s) = terminating.lock() {
                 s.remove(&name);

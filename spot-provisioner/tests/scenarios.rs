@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event as KubeEvent;
+use kube::api::DeleteParams;
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use spot_core::instance_type::CapacityType;
+use spot_k8s::sim::kubectl::{Kubectl, require_kubectl};
+use spot_provisioner::api::NodeClaim;
 
 use common::{apply, claims, default_pool, deployment, env, list, scale, sim_cloud, wait_all_bound};
 
@@ -111,5 +116,148 @@ async fn spot_capacity_errors_fall_back_to_on_demand_within_one_loop() {
     assert!(
         !metrics.contains("spot_provisioner_nodeclaims_failed_total{"),
         "{metrics}"
+    );
+}
+
+/// `kubectl get events -A -o json`: (reason, involved kind, involved name, message) of each.
+async fn kubectl_events(kubectl: &Kubectl) -> Vec<(String, String, String, String)> {
+    let out = kubectl
+        .run_ok(&["get", "events", "-A", "-o", "json"])
+        .await
+        .expect("kubectl get events");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("kubectl JSON");
+    let text = |v: &serde_json::Value, p: &str| {
+        v.pointer(p)
+            .and_then(|s| s.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    list["items"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                text(e, "/reason"),
+                text(e, "/involvedObject/kind"),
+                text(e, "/involvedObject/name"),
+                text(e, "/message"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_pods_and_nodeclaims_are_listed_by_kubectl() {
+    require_kubectl().expect("these tests need kubectl on PATH");
+    let env = env(default_pool(), sim_cloud(13)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::new(&env.running, dir.path()).unwrap();
+    apply::<Deployment>(&env.client, deployment("web", 2, "500m", "512Mi", json!({}))).await;
+    wait_all_bound(&env.client, 2, Duration::from_secs(90)).await;
+    let first = common::wait_claims_initialized(&env.client, Duration::from_secs(60)).await;
+    let claim = first[0].clone();
+    let name = claim.name_any();
+    Api::<NodeClaim>::all(env.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let pods: Vec<String> = common::pods(&env.client)
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let has =
+        |events: &[(String, String, String, String)], reason: &str, kind: &str, name: &str, text: &str| {
+            events
+                .iter()
+                .any(|(r, k, n, m)| r == reason && k == kind && n == name && m.contains(text))
+        };
+    let start = tokio::time::Instant::now();
+    loop {
+        let events = kubectl_events(&kubectl).await;
+        let claim_events = [
+            "Launched",
+            "Registered",
+            "Initialized",
+            "Terminating",
+            "Terminated",
+        ]
+        .iter()
+        .all(|r| has(&events, r, "NodeClaim", &name, ""));
+        let nominated = pods.iter().all(|p| {
+            has(
+                &events,
+                "Nominated",
+                "Pod",
+                p,
+                "Pod should schedule on: nodeclaim/",
+            )
+        });
+        if claim_events && nominated {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "events of {name} and pods {pods:?} missing: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let table = kubectl.run_ok(&["get", "events", "-A"]).await.unwrap();
+    for word in ["Nominated", "Launched", "Initialized", "Terminated", &name] {
+        assert!(table.contains(word), "{word} missing from:\n{table}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_failures_are_warning_events_on_the_nodeclaim_and_the_pod() {
+    let cloud = sim_cloud(17);
+    // Nothing the pool may use has capacity, spot or on-demand, in any zone: each launch
+    // fails and marks what it tried, until no type that fits has an offering left.
+    for t in spot_core::Catalog::embedded().types() {
+        for z in common::ZONES {
+            for ct in [CapacityType::Spot, CapacityType::OnDemand] {
+                cloud.inject(&t.name, z, ct, "InsufficientInstanceCapacity", 1000);
+            }
+        }
+    }
+    let env = env(default_pool(), cloud).await;
+    apply::<Deployment>(&env.client, deployment("api", 1, "1", "2Gi", json!({}))).await;
+    let client = env.client.clone();
+    common::wait_for(
+        "InsufficientCapacityError and FailedScheduling Events",
+        Duration::from_secs(90),
+        || {
+            let client = client.clone();
+            async move {
+                let events: Vec<KubeEvent> = list(&client).await;
+                let warning = |reason: &str, kind: &str, text: &str| {
+                    events.iter().any(|e| {
+                        e.type_.as_deref() == Some("Warning")
+                            && e.reason.as_deref() == Some(reason)
+                            && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind)
+                            && e.note.as_deref().is_some_and(|n| n.contains(text))
+                    })
+                };
+                warning(
+                    "InsufficientCapacityError",
+                    "NodeClaim",
+                    "InsufficientInstanceCapacity",
+                ) && warning(
+                    "FailedScheduling",
+                    "Pod",
+                    "Failed to schedule pod, incompatible with nodepool default",
+                )
+            }
+        },
+    )
+    .await;
+    assert!(
+        common::pods(&env.client)
+            .await
+            .iter()
+            .all(|p| common::node_of(p).is_none()),
+        "nothing can run"
     );
 }
