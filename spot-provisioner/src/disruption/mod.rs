@@ -603,50 +603,80 @@ impl Disruption {
     }
 
     /// Sets `status.lastPodEventTime` on the NodeClaims whose node's pods changed since the
-    /// last pass.
+    /// last pass (a pod bound, or one gone or terminating). A claim seen for the first time
+    /// (after a restart) gets an event at its newest pod's creation when that pod is newer
+    /// than the recorded event: pods bound while no controller ran still restart the
+    /// `consolidateAfter` window. A failed write is detected again at the next pass.
     async fn record_pod_events(&self, view: &View) -> bool {
         let pods = state::node_pods(&view.snapshot);
         let mut seen: HashMap<String, u64> = HashMap::new();
-        let mut events = Vec::new();
-        {
-            let mut sets = lock(&self.pod_sets);
-            for claim in &view.snapshot.claims {
-                let Some(node) = view.snapshot.node_of(claim) else {
-                    continue;
-                };
-                let mut uids: Vec<&str> = pods
-                    .get(&node.name_any())
-                    .into_iter()
-                    .flatten()
-                    .filter(|(p, terminating)| {
-                        !terminating && spot_core::disruption::candidate::is_reschedulable(p)
-                    })
-                    .map(|(p, _)| p.uid.as_str())
-                    .collect();
-                uids.sort_unstable();
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                uids.hash(&mut h);
-                let hash = h.finish();
-                let name = claim.name_any();
-                if sets.get(&name).is_some_and(|&before| before != hash) {
-                    events.push(name.clone());
+        let mut events: Vec<(String, OffsetDateTime)> = Vec::new();
+        let before = lock(&self.pod_sets).clone();
+        for claim in &view.snapshot.claims {
+            let Some(node) = view.snapshot.node_of(claim) else {
+                continue;
+            };
+            let moving: Vec<&spot_core::pod::PodSpec> = pods
+                .get(&node.name_any())
+                .into_iter()
+                .flatten()
+                .filter(|(p, terminating)| {
+                    !terminating && spot_core::disruption::candidate::is_reschedulable(p)
+                })
+                .map(|(p, _)| p.as_ref())
+                .collect();
+            let mut uids: Vec<&str> = moving.iter().map(|p| p.uid.as_str()).collect();
+            uids.sort_unstable();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            uids.hash(&mut h);
+            let hash = h.finish();
+            let name = claim.name_any();
+            match before.get(&name) {
+                Some(&was) if was != hash => events.push((name.clone(), view.now)),
+                Some(_) => {}
+                None => {
+                    let recorded = claim
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_pod_event_time.as_ref())
+                        .map(state::offset_time);
+                    let newest = moving.iter().map(|p| p.created_unix_ms).max().and_then(|ms| {
+                        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+                    });
+                    if let (Some(recorded), Some(newest)) = (recorded, newest)
+                        && newest > recorded
+                    {
+                        events.push((name.clone(), newest.min(view.now)));
+                    }
                 }
-                seen.insert(name, hash);
             }
-            *sets = seen;
+            seen.insert(name, hash);
         }
-        let now = jiff(view.now);
         let api = Api::<NodeClaim>::all(self.client().clone());
-        for name in &events {
-            let patch = json!({"status": {"lastPodEventTime": now}});
-            if let Err(e) = api
+        let mut recorded = false;
+        for (name, at) in &events {
+            let patch = json!({"status": {"lastPodEventTime": jiff(*at)}});
+            match api
                 .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                debug!(nodeclaim = %name, error = %e, "recording the last pod event failed");
+                Ok(_) => recorded = true,
+                Err(e) => {
+                    debug!(nodeclaim = %name, error = %e, "recording the last pod event failed; next pass");
+                    // The old pod set stays: the change is seen again.
+                    match before.get(name) {
+                        Some(&was) => {
+                            seen.insert(name.clone(), was);
+                        }
+                        None => {
+                            seen.remove(name);
+                        }
+                    }
+                }
             }
         }
-        !events.is_empty()
+        *lock(&self.pod_sets) = seen;
+        recorded
     }
 
     /// Sets the `Drifted` condition on drifted NodeClaims and clears it on the others.

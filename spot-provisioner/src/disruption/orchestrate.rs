@@ -413,9 +413,9 @@ pub async fn simulate_replacements_blocking(
     }
 }
 
-/// Creates replacement NodeClaims, each annotated with what it replaces (a command id, or
-/// the interrupted NodeClaims, comma-separated); not launched yet. Returns each with its
-/// candidate instance types.
+/// Creates replacement NodeClaims (concurrently), each annotated with what it replaces (a
+/// command id, or the interrupted NodeClaims, comma-separated); not launched yet. Returns
+/// each with its candidate instance types, in order.
 pub async fn create_replacements(
     provisioner: &Provisioner,
     snapshot: &Snapshot,
@@ -423,8 +423,8 @@ pub async fn create_replacements(
     claims: &[(NewNodeClaim, String)],
     reason: &str,
 ) -> Result<Vec<(NodeClaim, Vec<Arc<InstanceTypeOption>>)>, Error> {
-    let mut created = Vec::with_capacity(claims.len());
-    for (claim, replaces) in claims {
+    // All at once: a wave of interruptions needs its replacements together.
+    let creations = claims.iter().map(|(claim, replaces)| async move {
         let template = templates.iter().find(|t| t.name == claim.nodepool);
         let pool = snapshot
             .nodepools
@@ -434,9 +434,9 @@ pub async fn create_replacements(
         let obj = provisioner
             .create_claim(claim, template, pool, reason, annotations)
             .await?;
-        created.push((obj, claim.instance_types.clone()));
-    }
-    Ok(created)
+        Ok::<_, Error>((obj, claim.instance_types.clone()))
+    });
+    futures::future::try_join_all(creations).await
 }
 
 /// Launches created replacements at once (the provisioner's lifecycle would at its next
