@@ -324,7 +324,17 @@ pub fn choose_victims(claims: &[NodeClaim], notices: usize, seed: u64) -> Vec<Vi
             })
         })
         .collect();
-    spot.sort_by(|a, b| a.claim.cmp(&b.claim));
+    // NodeClaim names are random: order by what the seed decides (type, zone), then id.
+    let key = |v: &Victim| {
+        let claim = claims.iter().find(|c| c.name_any() == v.claim);
+        let label = |k: &str| claim.and_then(|c| c.labels().get(k).cloned()).unwrap_or_default();
+        (
+            label(labels::INSTANCE_TYPE),
+            label(labels::ZONE),
+            v.instance.clone(),
+        )
+    };
+    spot.sort_by_cached_key(key);
     let mut rng = SimRng::stream(seed, "demo/victims");
     for i in (1..spot.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;

@@ -40,8 +40,8 @@ pub struct Handled {
     pub replaced: bool,
     /// The replacements: NodeClaim, instance type, capacity type, zone.
     pub replacements: Vec<String>,
-    /// Whether a replacement was initialized before the first eviction (`None`: no pod was
-    /// evicted, or no replacement was needed).
+    /// Whether every replacement was initialized before the first eviction (`None`: no pod
+    /// was evicted, or no replacement was needed).
     pub ready_before_first_eviction: Option<bool>,
     /// Pods evicted from the node.
     pub evicted: usize,
@@ -197,7 +197,7 @@ impl Summary {
             };
             let order = match h.ready_before_first_eviction {
                 Some(true) => "replacement Ready before the first eviction",
-                Some(false) => "drained BEFORE the replacement was Ready",
+                Some(false) => "drained BEFORE every replacement was Ready",
                 None if h.evicted == 0 => "no pod to move",
                 None => "pods fit on other nodes, no replacement needed",
             };
@@ -319,11 +319,16 @@ pub async fn compute(
             .map(|v| {
                 let claim = r.claims.get(&v.claim).cloned().unwrap_or_default();
                 let replacements = r.replacements_of(&v.claim);
-                let first_ready = replacements.iter().filter_map(|(_, c)| c.initialized_rv).min();
+                // Every replacement must be up: the last one initialized.
+                let all_ready = replacements
+                    .iter()
+                    .map(|(_, c)| c.initialized_rv)
+                    .collect::<Option<Vec<u64>>>()
+                    .and_then(|rvs| rvs.into_iter().max());
                 let first_eviction = r.first_eviction(&v.node);
                 let ready_before_first_eviction = match (first_eviction, replacements.is_empty()) {
                     (None, _) | (Some(_), true) => None,
-                    (Some(evicted), false) => Some(first_ready.is_some_and(|ready| ready < evicted)),
+                    (Some(evicted), false) => Some(all_ready.is_some_and(|ready| ready < evicted)),
                 };
                 Handled {
                     victim: v.clone(),
