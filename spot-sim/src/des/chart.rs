@@ -3,7 +3,10 @@
 //!
 //! - [`cost_svg`]: the cost per hour of the running instances (top) and the cumulative
 //!   cost (bottom);
-//! - [`pending_svg`]: the pods not running, averaged over each sample interval.
+//! - [`pending_svg`]: the pods not running, averaged over each sample interval. Its y axis
+//!   is scaled to the values after the first hour, so that the cold start (every pod pending
+//!   while the first nodes boot) does not flatten the rest; higher values are drawn at the
+//!   top edge and the caption says so.
 
 use plotters::prelude::*;
 
@@ -19,24 +22,46 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// One panel: a line per scenario of `value` over hours.
+/// The largest finite value of the samples at or after `from_hours` (of all samples when
+/// none is that late), and whether an earlier sample is larger.
+fn y_range(results: &[ScenarioResult], value: fn(&Sample) -> f64, from_hours: f64) -> (f64, bool) {
+    let max = |late: bool| {
+        results
+            .iter()
+            .flat_map(|r| r.series.iter())
+            .filter(|s| !late || s.hours >= from_hours)
+            .map(value)
+            .filter(|v| v.is_finite())
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+    };
+    let all = max(false).unwrap_or(0.0);
+    match max(true) {
+        Some(late) if late > 0.0 => (late, all > late),
+        _ => (all, false),
+    }
+}
+
+/// One panel: a line per scenario of `value` over hours, the y axis scaled to the values
+/// from `from_hours` on (earlier, higher values are drawn at the top edge).
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     results: &[ScenarioResult],
     title: &str,
     y_desc: &str,
     value: fn(&Sample) -> f64,
+    from_hours: f64,
 ) -> Result<(), String> {
     let max_x = results
         .iter()
         .flat_map(|r| r.series.iter().map(|s| s.hours))
         .fold(1.0f64, f64::max);
-    let max_y = results
-        .iter()
-        .flat_map(|r| r.series.iter().map(value))
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max);
+    let (max_y, cut) = y_range(results, value, from_hours);
     let max_y = if max_y > 0.0 { max_y * 1.05 } else { 1.0 };
+    let title = if cut {
+        format!("{title} (axis cut: higher in the first {from_hours} h)")
+    } else {
+        title.to_owned()
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 22))
         .margin(12)
@@ -52,7 +77,7 @@ fn panel<DB: DrawingBackend>(
         .map_err(|e| e.to_string())?;
     for (i, r) in results.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let points: Vec<(f64, f64)> = r.series.iter().map(|s| (s.hours, value(s))).collect();
+        let points: Vec<(f64, f64)> = r.series.iter().map(|s| (s.hours, value(s).min(max_y))).collect();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| e.to_string())?
@@ -82,9 +107,11 @@ pub fn cost_svg(results: &[ScenarioResult]) -> Result<String, Error> {
             "Cost per hour of the running instances",
             "USD per hour",
             |s| s.cost_per_hour,
+            0.0,
         )
         .map_err(|e| failed("cost.svg", e))?;
-        panel(&areas[1], results, "Cumulative cost", "USD", |s| s.cost).map_err(|e| failed("cost.svg", e))?;
+        panel(&areas[1], results, "Cumulative cost", "USD", |s| s.cost, 0.0)
+            .map_err(|e| failed("cost.svg", e))?;
         root.present().map_err(|e| failed("cost.svg", e))?;
     }
     Ok(out)
@@ -102,6 +129,7 @@ pub fn pending_svg(results: &[ScenarioResult]) -> Result<String, Error> {
             "Pods not running (mean per interval)",
             "pods",
             |s| s.pending_mean,
+            1.0,
         )
         .map_err(|e| failed("pending.svg", e))?;
         root.present().map_err(|e| failed("pending.svg", e))?;
@@ -146,5 +174,18 @@ mod tests {
         assert!(pending.matches("<polyline").count() >= 2);
         // Empty series still draw axes.
         assert!(pending_svg(&[]).unwrap().contains("<svg"));
+    }
+
+    #[test]
+    fn the_pending_axis_leaves_out_the_cold_start() {
+        let mut cold = result("on-demand", 3.0);
+        cold.series[0].pending_mean = 500.0;
+        let results = [cold];
+        assert_eq!(y_range(&results, |s| s.pending_mean, 1.0), (4.0, true));
+        assert_eq!(y_range(&results, |s| s.pending_mean, 0.0), (500.0, false));
+        assert_eq!(y_range(&[], |s| s.pending_mean, 1.0), (0.0, false));
+        let pending = pending_svg(&results).unwrap();
+        assert!(pending.contains("axis cut: higher in the first 1 h"), "{pending}");
+        assert!(!cost_svg(&results).unwrap().contains("axis cut"));
     }
 }
