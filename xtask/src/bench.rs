@@ -1,7 +1,9 @@
-//! `cargo xtask bench`: release-mode benchmarks of spot-nth and spot-kube-sim.
+//! `cargo xtask bench`: release-mode benchmarks of every performance goal of the workspace.
 //!
-//! Builds the release binaries and bench examples in one `cargo build` (so the features are
-//! unified once and a second run builds nothing), runs every benchmark as a subprocess,
+//! Builds the release binaries and bench examples in two `cargo build`s (spot-nth's side, so
+//! the measured binary carries only its own features, and the provisioning side; each
+//! unifies its features once, and a second run builds nothing), runs every benchmark as a
+//! subprocess,
 //! writes `target/bench/report.json` (an array of
 //! `{name, value, unit, anchor_value, anchor_source, goal, note}`) and prints a Markdown table.
 //! A figure that could not be produced has a null value and a note saying why.
@@ -13,6 +15,9 @@
 //!   spot-imds-sim and moto, and the release binary's size.
 //! - `bench_provisioning` (spot-core/examples/bench_provisioning.rs, built apart with `lp`):
 //!   scheduling, packing and consolidation figures, see `bench/provisioning.rs`.
+//! - `bench_interruption` (spot-provisioner/examples/bench_interruption.rs): interruption
+//!   notice to replacement NodeClaim, see `bench/interruption.rs`.
+//! - `spot-sim`: the wall time of a 7-day simulation of 10,000 nodes, see `bench/sim.rs`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -25,12 +30,15 @@ use serde_json::{Value, json};
 
 use crate::moto::Moto;
 
+mod interruption;
 mod provisioning;
+mod sim;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Smaller sizes (a 200-node wave, no QPS 5 run); under 3 minutes once built.
+    /// Smaller sizes (a 200-node wave, no QPS 5 run, 300-node consolidation, a 40-node
+    /// interruption run, a 1,000-node simulation); under 3 minutes once built.
     #[arg(long)]
     pub quick: bool,
     /// Skip the release build (use the binaries already in target/release).
@@ -38,7 +46,7 @@ pub struct BenchArgs {
     pub no_build: bool,
     /// Run only these benchmarks (comma-separated): `nth-wave` (the QPS 200 wave),
     /// `nth-wave-qps5` (full run only), `nth-latency`, `kube-sim`, `rss`, `size`,
-    /// `provisioning`. The report then holds only their figures.
+    /// `provisioning`, `interruption`, `spot-sim`. The report then holds only their figures.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<Only>,
 }
@@ -60,6 +68,10 @@ pub enum Only {
     Size,
     /// Scheduling, packing and consolidation (spot-core's bench_provisioning).
     Provisioning,
+    /// Interruption notice to replacement NodeClaim (spot-provisioner's bench_interruption).
+    Interruption,
+    /// The wall time of a 7-day spot-sim run.
+    SpotSim,
 }
 
 /// One row of the report.
@@ -163,14 +175,29 @@ fn pause(d: Duration) {
 /// Runs the benchmarks.
 pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     let started = now();
-    if !args.no_build {
+    let runs = |b: Only| args.only.is_empty() || args.only.contains(&b);
+    let nth_side = [
+        Only::NthWave,
+        Only::NthWaveQps5,
+        Only::NthLatency,
+        Only::KubeSim,
+        Only::Rss,
+        Only::Size,
+    ];
+    if !args.no_build && nth_side.into_iter().any(runs) {
         build(root)?;
     }
+    // The provisioning side: a failed build is reported as missing figures.
+    let provisioning_side = [Only::Provisioning, Only::Interruption, Only::SpotSim];
+    let tools = if args.no_build || !provisioning_side.into_iter().any(runs) {
+        Ok(())
+    } else {
+        build_provisioning_side(root).map_err(|e| format!("{e:#}"))
+    };
     let release = root.join("target/release");
     let bench_nth = release.join("examples/bench_nth");
     let bench_sim = release.join("examples/bench_kube_sim");
     let mut figures = Vec::new();
-    let runs = |b: Only| args.only.is_empty() || args.only.contains(&b);
 
     // (a) The wave.
     let wave_nodes = if args.quick { "200" } else { "1000" };
@@ -284,7 +311,15 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     }
     // (e) Scheduling, packing and consolidation.
     if runs(Only::Provisioning) {
-        figures.extend(provisioning::figures(root, args.quick, args.no_build));
+        figures.extend(provisioning::figures(root, args.quick, tools.as_ref().err()));
+    }
+    // (f) Interruption to replacement.
+    if runs(Only::Interruption) {
+        figures.extend(interruption::figures(root, args.quick));
+    }
+    // (g) The spot-sim run.
+    if runs(Only::SpotSim) {
+        figures.extend(sim::figures(root, args.quick));
     }
 
     let dir = root.join("target/bench");
@@ -303,33 +338,65 @@ pub fn run(root: &Path, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// One `cargo build --release` of everything the benchmarks run, at the lowest priority.
-/// spot-aws is not selected: its dev-dependencies (SDK `test-util` features) would then be
-/// unified into the SDK crates and rebuild them.
+/// One `cargo build --release` of spot-nth's side: the handler, spot-kube-sim and their
+/// bench examples. spot-aws is not selected: its dev-dependencies (SDK `test-util` features)
+/// would then be unified into the SDK crates and rebuild them.
 fn build(root: &Path) -> Result<()> {
+    cargo_release(
+        root,
+        &[
+            "-p",
+            "spot-nth",
+            "-p",
+            "spot-k8s",
+            "--bins",
+            "--examples",
+            "--features",
+            "spot-k8s/sim-bin",
+        ],
+    )
+}
+
+/// One `cargo build --release` of the provisioning side, apart from spot-nth's so that
+/// spot-core's `lp` and the simulators' features are not unified into the measured
+/// `spot-nth` binary: `bench_provisioning` (spot-core with `lp`), `bench_interruption` and
+/// the `spot-sim` binary. None of them links the AWS SDK.
+fn build_provisioning_side(root: &Path) -> Result<()> {
+    cargo_release(
+        root,
+        &[
+            "-p",
+            "spot-core",
+            "-p",
+            "spot-provisioner",
+            "-p",
+            "spot-sim",
+            "--example",
+            "bench_provisioning",
+            "--example",
+            "bench_interruption",
+            "--bin",
+            "spot-sim",
+            "--features",
+            "spot-core/lp",
+        ],
+    )
+}
+
+/// `nice -n 19 cargo build --release ARGS` in the workspace root.
+fn cargo_release(root: &Path, args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let args = [
-        "build",
-        "--release",
-        "-p",
-        "spot-nth",
-        "-p",
-        "spot-k8s",
-        "--bins",
-        "--examples",
-        "--features",
-        "spot-k8s/sim-bin",
-    ];
-    eprintln!("xtask: nice -n 19 cargo {}", args.join(" "));
+    eprintln!("xtask: nice -n 19 cargo build --release {}", args.join(" "));
     let status = Command::new("nice")
         .args(["-n", "19"])
         .arg(&cargo)
+        .args(["build", "--release"])
         .args(args)
         .current_dir(root)
         .status()
         .context("running nice cargo build")?;
     if !status.success() {
-        bail!("the release build failed with {status}");
+        bail!("cargo build --release {} failed with {status}", args.join(" "));
     }
     Ok(())
 }

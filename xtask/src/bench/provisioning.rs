@@ -10,16 +10,13 @@
 //!   baseline of the same run;
 //! - every single-node consolidation candidate of a 1,000-node cluster (`--quick`: 300).
 //!
-//! The example is built on its own (`cargo build --release -p spot-core --example
-//! bench_provisioning --features lp`) so that `lp` is not unified into the spot-nth binary
-//! whose size is measured. Each figure gets its anchor and goal here, and the goal ends with
+//! The example is built with the provisioning side (`bench.rs`, with spot-core's `lp`),
+//! apart from spot-nth so that `lp` is not unified into the spot-nth binary whose size is
+//! measured. Each figure gets its anchor and goal here, and the goal ends with
 //! the verdict (`pass`, `FAIL`, or `n/a` when not measured).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-use anyhow::{Context, Result, bail};
 
 use super::{Figure, run_bench};
 
@@ -34,10 +31,10 @@ const FFD_BASELINE: &str = "spot-core's Karpenter-like first_fit_decreasing on t
 const ISSUE_3152_PODS: f64 = 2000.0;
 const MB_PER_MIB: f64 = 1.048_576;
 
-/// Builds `bench_provisioning` (unless `no_build`), runs it at the `--quick` or full sizes
-/// and returns its figures with anchors, goals and verdicts. A figure that could not be
-/// produced is reported with a null value and a note saying why.
-pub(super) fn figures(root: &Path, quick: bool, no_build: bool) -> Vec<Figure> {
+/// Runs `bench_provisioning` (built by the caller; `build_error` says why it was not) at the
+/// `--quick` or full sizes and returns its figures with anchors, goals and verdicts. A
+/// figure that could not be produced is reported with a null value and a note saying why.
+pub(super) fn figures(root: &Path, quick: bool, build_error: Option<&String>) -> Vec<Figure> {
     let pods: &[usize] = if quick {
         &[1000, 5000]
     } else {
@@ -70,12 +67,11 @@ pub(super) fn figures(root: &Path, quick: bool, no_build: bool) -> Vec<Figure> {
     }
 
     let mut figures = Vec::new();
-    let built = if no_build { Ok(()) } else { build(root) };
-    if let Err(e) = built {
+    if let Some(e) = build_error {
         figures.extend(
             expected
                 .iter()
-                .map(|(name, unit)| Figure::missing(name.as_str(), unit, format!("{e:#}"))),
+                .map(|(name, unit)| Figure::missing(name.as_str(), unit, e)),
         );
         return figures;
     }
@@ -111,33 +107,6 @@ pub(super) fn figures(root: &Path, quick: bool, no_build: bool) -> Vec<Figure> {
         &format!("consolidation_{nodes}_nodes_room_to_consolidate.single_node_all_candidates"),
     ));
     finish(figures, &expected)
-}
-
-/// One `cargo build --release` of the example, at the lowest priority.
-fn build(root: &Path) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let args = [
-        "build",
-        "--release",
-        "-p",
-        "spot-core",
-        "--example",
-        "bench_provisioning",
-        "--features",
-        "lp",
-    ];
-    eprintln!("xtask: nice -n 19 cargo {}", args.join(" "));
-    let status = Command::new("nice")
-        .args(["-n", "19"])
-        .arg(&cargo)
-        .args(args)
-        .current_dir(root)
-        .status()
-        .context("running nice cargo build")?;
-    if !status.success() {
-        bail!("the release build of bench_provisioning failed with {status}");
-    }
-    Ok(())
 }
 
 /// Folds the baseline's ratios into the packing anchors, adds a missing figure for every
