@@ -22,7 +22,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use spot_core::event::{EventKind, InterruptionEvent, Origin, SpotAction};
+use spot_core::event::{EventKind, InstanceState, InterruptionEvent, Origin, SpotAction};
 use spot_core::instance_type::CapacityType;
 use spot_core::node::DrainOptions;
 use spot_core::packing::{BinType, Item, lower_bound};
@@ -615,6 +615,119 @@ async fn rebalance_recommendations_follow_the_nodepool_policy() {
         "Event and Ignore replace nothing"
     );
     assert!(after.iter().all(|c| c.metadata.deletion_timestamp.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_a_spot_notice_and_a_state_change_for_one_instance_get_one_replacement() {
+    let mut env = env(
+        pool(json!({"disruption": {"rebalance": {"policy": "Replace", "maxConcurrent": "1"}}})),
+        30,
+    )
+    .await;
+    apply::<Deployment>(&env.client, deployment("api", 3, "500m", "512Mi", spread("api"))).await;
+    wait_settled(&env.client, 3, Duration::from_secs(90)).await;
+    let claims: Vec<NodeClaim> = list(&env.client).await;
+    let victim = claims[0].name_any();
+    let id = instance_id(&claims[0]);
+    let (claim_log, t) = record::<NodeClaim>(&env.client);
+    env.tasks.push(t);
+    env.start_interruption(fast_interruption());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The recommendation first; once its replacement exists (usually still launching), the
+    // spot notice and the state change in one delivery, and the notice again in another.
+    let now = time::OffsetDateTime::now_utc();
+    env.source
+        .push(vec![InterruptionEvent::new(
+            id.clone(),
+            EventKind::RebalanceRecommendation,
+            "r",
+            now,
+            Origin::Imds,
+        )])
+        .await;
+    let client = env.client.clone();
+    wait_for("the proactive replacement", Duration::from_secs(60), || {
+        let client = client.clone();
+        let victim = victim.clone();
+        async move {
+            list::<NodeClaim>(&client)
+                .await
+                .iter()
+                .any(|c| replaces(c, &victim))
+        }
+    })
+    .await;
+    let stopping = InterruptionEvent::new(
+        id.clone(),
+        EventKind::StateChange {
+            state: InstanceState::Stopping,
+        },
+        "s",
+        now,
+        Origin::Queue {
+            message_id: "s".into(),
+            upstream_id: None,
+        },
+    );
+    env.source.push(vec![spot_notice(&id, "n"), stopping]).await;
+    env.source.push(vec![spot_notice(&id, "n")]).await;
+    wait_for(
+        "the instance's NodeClaim to be gone",
+        Duration::from_secs(90),
+        || {
+            let client = client.clone();
+            let victim = victim.clone();
+            async move {
+                Api::<NodeClaim>::all(client)
+                    .get_opt(&victim)
+                    .await
+                    .unwrap()
+                    .is_none()
+            }
+        },
+    )
+    .await;
+    wait_settled(&env.client, 3, Duration::from_secs(60)).await;
+    wait_for("every delivery acknowledged", Duration::from_secs(30), || {
+        let source = env.source.clone();
+        async move { source.unacknowledged().await.is_empty() && source.pending().await == 0 }
+    })
+    .await;
+
+    let replacements: BTreeSet<String> = claim_log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| replaces(&s.obj, &victim))
+        .map(|s| s.obj.name_any())
+        .collect();
+    assert_eq!(replacements.len(), 1, "one replacement: {replacements:?}");
+    assert_eq!(
+        list::<NodeClaim>(&env.client).await.len(),
+        3,
+        "nothing else launched"
+    );
+    let text = env.metrics();
+    let replaced: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("spot_provisioner_interruption_events_total") && l.contains(r#"action="replaced""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        replaced <= 1.0,
+        "at most one terminal handling replaced the node\n{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"spot_provisioner_nodeclaims_created_total{nodepool="default",reason="interruption"}"#
+        ),
+        0.0,
+        "the notices reused the proactive replacement\n{text}"
+    );
 }
 
 /// The LP lower bound on the cost of nodes for `pods` over the NodePool's instance types
