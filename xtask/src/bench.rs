@@ -38,7 +38,7 @@ mod sim;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Smaller sizes (a 200-node wave, no QPS 5 run, 300-node consolidation, a 40-node
-    /// interruption run, a 1,000-node simulation); under 3 minutes once built.
+    /// interruption run, one simulated day instead of 7); under 3 minutes once built.
     #[arg(long)]
     pub quick: bool,
     /// Skip the release build (use the binaries already in target/release).
