@@ -9,11 +9,13 @@
 //!   `CloudProvider` of the provisioner), with Karpenter's request merging.
 //! - [`autoscaling`]: completing and heartbeating Auto Scaling lifecycle actions.
 //! - [`select`]: the live EC2 catalog and the output formats of `spot-select`.
+//! - [`catalog`]: the provisioner's catalog read live from EC2 (types, zones, spot prices).
 //!
 //! This is the only crate of the workspace that depends on the AWS SDK.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod autoscaling;
+pub mod catalog;
 pub mod config;
 pub mod fleet;
 pub mod imds;

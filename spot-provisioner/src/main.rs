@@ -10,15 +10,16 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::FutureExt;
 use spot_aws::sqs::{SqsConfig, SqsSource};
+use spot_core::allocatable::AllocatableModel;
 use spot_core::leader::LeaderGate;
-use spot_core::price::CsvPrices;
+use spot_core::price::{CsvPrices, OfflinePrices};
 use spot_k8s::lease::{LeaseElector, LeaseLock, LeaseTiming};
 use spot_provisioner::disruption::{Disruption, DisruptionSettings};
 use spot_provisioner::interruption::Interruption;
 use spot_provisioner::manifests::Manifests;
 use spot_provisioner::plan::{self, Plan};
 use spot_provisioner::{InstanceCatalog, Provisioner};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Karpenter-style provisioning for Kubernetes on EC2 Spot.
 #[derive(Debug, Parser)]
@@ -62,6 +63,15 @@ struct PlanArgs {
     output: Output,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CatalogSource {
+    Ec2,
+    Embedded,
+}
+
+/// A failed EC2 catalog read is retried after at most this long.
+const CATALOG_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The EC2 launch template new nodes use (name, or id `lt-...`).
@@ -94,6 +104,15 @@ struct RunArgs {
     /// Log level filter.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Where instance types, zones and spot prices come from: EC2 (DescribeInstanceTypes,
+    /// DescribeInstanceTypeOfferings, DescribeSpotPriceHistory; on-demand prices from the
+    /// embedded table), or the embedded catalog and prices (isolated VPCs).
+    #[arg(long, env = "CATALOG", value_enum, default_value = "ec2")]
+    catalog: CatalogSource,
+    /// How often the EC2 catalog is read again (a failed read keeps the previous catalog and
+    /// is retried within a minute).
+    #[arg(long, env = "CATALOG_REFRESH_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    catalog_refresh_interval: std::time::Duration,
     /// The SQS queue (URL) of EC2 interruption events (EventBridge rules for spot
     /// interruptions, rebalance recommendations, scheduled changes, state changes and
     /// capacity-reservation interruptions); without it no interruption controller runs.
@@ -251,9 +270,20 @@ async fn run_controller(args: RunArgs) -> Result<()> {
     };
     let mut config = spot_aws::fleet::Ec2FleetConfig::new(launch_template, subnets);
     config.tags = tags;
-    let fleet = spot_aws::fleet::Ec2Fleet::new(aws_sdk_ec2::Client::new(&sdk), config)?;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let fleet = spot_aws::fleet::Ec2Fleet::new(ec2.clone(), config)?;
     let client = kube::Client::try_default().await.context("Kubernetes client")?;
-    let catalog = Arc::new(InstanceCatalog::embedded(&region)?);
+    let (catalog, live) = match args.catalog {
+        CatalogSource::Embedded => (InstanceCatalog::embedded(&region)?, false),
+        CatalogSource::Ec2 => match ec2_catalog(&ec2, &region).await {
+            Ok(c) => (c, true),
+            Err(e) => {
+                error!(error = %e, "reading the EC2 catalog failed: using the embedded one until a refresh succeeds");
+                (InstanceCatalog::embedded(&region)?, false)
+            }
+        },
+    };
+    let catalog = Arc::new(catalog);
     let provisioner = Arc::new(
         Provisioner::builder(client.clone(), Arc::new(fleet), catalog)
             .settings(spot_provisioner::Settings {
@@ -301,6 +331,15 @@ async fn run_controller(args: RunArgs) -> Result<()> {
         }
         _ => None,
     };
+    let refresh = (args.catalog == CatalogSource::Ec2).then(|| {
+        tokio::spawn(refresh_catalog(
+            provisioner.clone(),
+            ec2.clone(),
+            region.clone(),
+            args.catalog_refresh_interval,
+            live,
+        ))
+    });
     let elector = Arc::new(LeaseElector::start(lock));
     info!(identity = %identity, namespace = %namespace, "waiting for leadership");
     tokio::select! {
@@ -343,6 +382,9 @@ async fn run_controller(args: RunArgs) -> Result<()> {
         },
     );
     let lost = !elector.is_leader();
+    if let Some(refresh) = &refresh {
+        refresh.abort();
+    }
     elector.release().await;
     if let Err(e) = result {
         error!(error = format!("{e:#}"), "stopped");
@@ -352,4 +394,62 @@ async fn run_controller(args: RunArgs) -> Result<()> {
         bail!("leadership lost: exiting so that the restarted pod campaigns again");
     }
     Ok(())
+}
+
+/// The region's catalog read from EC2 (types, zonal offerings, spot prices), with on-demand
+/// prices and interruption bands from the embedded tables.
+async fn ec2_catalog(ec2: &aws_sdk_ec2::Client, region: &str) -> Result<InstanceCatalog> {
+    let read = spot_aws::catalog::Ec2Catalog::fetch(ec2, region, Arc::new(OfflinePrices::embedded()))
+        .await
+        .context("reading the EC2 catalog")?;
+    info!(
+        region,
+        types = read.types.len(),
+        offered = read.offered_types(),
+        spot_prices = read.prices.spot_prices(),
+        "EC2 catalog read"
+    );
+    Ok(InstanceCatalog {
+        region: read.region,
+        types: read.types.into_iter().map(Arc::new).collect(),
+        zones: Arc::new(read.offerings),
+        prices: Arc::new(read.prices),
+        model: AllocatableModel::default(),
+    })
+}
+
+/// Reads the EC2 catalog every `every` (within [`CATALOG_RETRY`] after a failure, or when
+/// the start-up read failed: `healthy` false) and hands it to the provisioner; a failed
+/// read keeps the previous catalog.
+async fn refresh_catalog(
+    provisioner: Arc<Provisioner>,
+    ec2: aws_sdk_ec2::Client,
+    region: String,
+    every: std::time::Duration,
+    mut healthy: bool,
+) {
+    let mut ticker = tokio::time::interval(every.min(CATALOG_RETRY).max(std::time::Duration::from_secs(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        ticker.tick().await;
+        if healthy && last.elapsed() < every {
+            continue;
+        }
+        last = tokio::time::Instant::now();
+        match ec2_catalog(&ec2, &region).await {
+            Ok(catalog) => {
+                provisioner.set_catalog(Arc::new(catalog));
+                healthy = true;
+            }
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "refreshing the EC2 catalog failed: keeping the previous one"
+                );
+                healthy = false;
+            }
+        }
+    }
 }

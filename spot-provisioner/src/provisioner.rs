@@ -120,7 +120,7 @@ pub struct LoopReport {
 pub struct Provisioner {
     client: Client,
     cloud: Arc<dyn CloudProvider>,
-    catalog: Arc<InstanceCatalog>,
+    catalog: std::sync::RwLock<Arc<InstanceCatalog>>,
     actions: Arc<dyn NodeActions>,
     unavailable: Arc<UnavailableOfferings>,
     metrics: Arc<Metrics>,
@@ -202,7 +202,7 @@ impl ProvisionerBuilder {
             events,
             client: self.client,
             cloud: self.cloud,
-            catalog: self.catalog,
+            catalog: std::sync::RwLock::new(self.catalog),
             actions,
             unavailable: self
                 .unavailable
@@ -296,8 +296,20 @@ impl Provisioner {
     }
 
     /// What can be launched (instance types, zones, prices).
-    pub fn catalog(&self) -> &Arc<InstanceCatalog> {
-        &self.catalog
+    pub fn catalog(&self) -> Arc<InstanceCatalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces what can be launched (a refreshed catalog: new prices, offerings, types);
+    /// the next loop uses it.
+    pub fn set_catalog(&self, catalog: Arc<InstanceCatalog>) {
+        *self
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = catalog;
     }
 
     /// Where Kubernetes Events go.
@@ -425,7 +437,7 @@ impl Provisioner {
     /// The NodePool templates of a snapshot (unavailable offerings applied, limits reduced by
     /// current usage).
     pub fn templates(&self, snapshot: &Snapshot) -> (Vec<NodePoolTemplate>, Vec<(String, String)>) {
-        template::templates(snapshot, &self.catalog, &self.unavailable)
+        template::templates(snapshot, &self.catalog(), &self.unavailable)
     }
 
     /// One provisioning loop over every provisionable pod.
