@@ -23,7 +23,8 @@ use spot_examples::demo::{self, Options, Progress, clock_label};
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask demo", bin_name = "cargo xtask demo")]
 struct Args {
-    /// Multiplies the workload's replicas (1: 52 pods in 5 Deployments).
+    /// Multiplies the workload's replicas (1: 52 pods in 5 Deployments, about 10 nodes; at
+    /// most 20). Every node runs its own IMDS and spot-nth, so large scales take minutes.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Seed of the spot market, instance ids and the choice of interrupted nodes.

@@ -28,11 +28,15 @@ async fn small_demo_handles_every_interruption_without_losing_a_pod() {
     assert_eq!(s.running(), s.pods(), "{report}");
     assert!(s.failures().is_empty(), "{:?}\n{report}", s.failures());
 
-    // Two notices and a rebalance recommendation, each replaced and acted on by spot-nth.
+    // Two notices and a rebalance recommendation, each handled without loss.
     let kinds: Vec<Kind> = s.handled.iter().map(|h| h.victim.kind).collect();
     assert_eq!(kinds, [Kind::Notice, Kind::Notice, Kind::Rebalance], "{report}");
     assert_eq!(s.handled_count(), 3, "{report}");
-    assert_eq!(s.nth_count(), 3, "{report}");
+    // spot-nth polls IMDS every 500 ms; a node whose pods fit elsewhere can be drained and
+    // terminated before that, but one waiting for its replacement (seconds) cannot.
+    for h in s.handled.iter().filter(|h| !h.replacements.is_empty()) {
+        assert!(h.nth, "spot-nth did not act on {h:?}\n{report}");
+    }
     assert_eq!(s.published, 3, "{report}");
     assert_eq!(s.queue_left, 0, "{report}");
     for h in &s.handled {

@@ -69,8 +69,8 @@ impl Options {
     /// Checks the values; the error names the option.
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            self.scale.is_finite() && self.scale > 0.0 && self.scale <= 50.0,
-            "--scale {}: must be above 0 and at most 50",
+            self.scale.is_finite() && self.scale > 0.0 && self.scale <= 20.0,
+            "--scale {}: must be above 0 and at most 20",
             self.scale
         );
         ensure!(

