@@ -450,6 +450,9 @@ impl Provisioner {
             ..LoopReport::default()
         };
         if pending.is_empty() {
+            // Pods that do not convert are still reported.
+            self.events
+                .provisioned(&snapshot, &Default::default(), &[], &report.unschedulable);
             return Ok(report);
         }
         let (templates, template_errors) = self.templates(&snapshot);

@@ -693,3 +693,32 @@ async fn a_pod_no_instance_type_can_hold_is_reported_with_the_reason() {
     assert_eq!(events.len(), 1, "{events:#?}");
     assert!(events[0].series.is_none(), "{events:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_affinity_with_a_namespace_selector_finds_pods_in_other_namespaces() {
+    let env = env(default_pool(), sim_cloud(34)).await;
+    apply::<k8s_openapi::api::core::v1::Namespace>(
+        &env.client,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "data", "labels": {"team": "data"}}}),
+    )
+    .await;
+    let mut db = deployment("db", 1, "1", "2Gi", json!({}));
+    db["metadata"]["namespace"] = json!("data");
+    apply::<Deployment>(&env.client, db).await;
+    wait_all_bound(&env.client, 1, LIMIT).await;
+    let with = json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": labels::ZONE, "labelSelector": {"matchLabels": {"app": "db"}},
+         "namespaceSelector": {"matchLabels": {"team": "data"}}}]}}});
+    apply::<Deployment>(&env.client, deployment("web", 3, "500m", "512Mi", with)).await;
+    wait_all_bound(&env.client, 4, LIMIT).await;
+    let (placed, _) = placement(&env.client).await;
+    let db = &of_app(&placed, "db")[0].1;
+    for (p, n) in of_app(&placed, "web") {
+        assert_eq!(
+            label(n, labels::ZONE),
+            label(db, labels::ZONE),
+            "{}",
+            p.name_any()
+        );
+    }
+}
