@@ -969,6 +969,34 @@ async fn expired_nodes_are_deleted_and_their_pods_run_elsewhere() {
     apply::<Deployment>(&env.client, deployment("web", 5, "500m", "1Gi", json!({}))).await;
     wait_settled(&env.client, 5, Duration::from_secs(60)).await;
     let first: Vec<NodeClaim> = list(&env.client).await;
+    assert!(
+        first
+            .iter()
+            .all(|c| c.spec.expire_after.duration() == Some(Duration::from_secs(8)))
+    );
+    // The replacements must not expire in turn (on a loaded machine a node can take 8 s to
+    // come up): their pool now says 1h. The first claims keep their 8 s (and drift, which
+    // expiry beats: it deletes them in the controller's first pass once they are 8 s old).
+    Api::<NodePool>::all(env.client.clone())
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"expireAfter": "1h"}}}})),
+        )
+        .await
+        .unwrap();
+    let newest = first
+        .iter()
+        .filter_map(|c| c.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0.as_second())
+        .max()
+        .unwrap();
+    wait_for(
+        "the first NodeClaims to be 8 s old",
+        Duration::from_secs(30),
+        || async move { time::OffsetDateTime::now_utc().unix_timestamp() > newest + 9 },
+    )
+    .await;
     env.start_disruption(fast_disruption());
     let client = env.client.clone();
     let old: BTreeSet<String> = first.iter().map(|c| c.name_any()).collect();
@@ -1006,12 +1034,13 @@ async fn expired_nodes_are_deleted_and_their_pods_run_elsewhere() {
     })
     .await;
     let text = env.metrics();
-    assert!(
+    assert_eq!(
         metric(
             &text,
             r#"spot_provisioner_disruption_nodes_total{reason="Expired",result="default"}"#
-        ) >= 1.0,
-        "{text}"
+        ),
+        old.len() as f64,
+        "every first NodeClaim expired (none was replaced for drift first)\n{text}"
     );
 }
 
