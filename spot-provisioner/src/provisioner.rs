@@ -512,8 +512,12 @@ impl Provisioner {
             created.push((obj, claim.instance_types.clone()));
         }
         report.claims_created = created.iter().map(|(o, _)| o.name_any()).collect();
-        self.events
-            .provisioned(&snapshot, &solution, &report.claims_created, &report.unschedulable);
+        self.events.provisioned(
+            &snapshot,
+            &solution,
+            &report.claims_created,
+            &report.unschedulable,
+        );
         // Launch right away rather than waiting for the lifecycle tick.
         let launches = created
             .into_iter()
@@ -726,8 +730,11 @@ impl Provisioner {
                     launch::Error::Provider { .. } => "provider",
                 };
                 self.metrics.failed(&pool, class);
-                self.events
-                    .launch_failed(&claim, class == "insufficient_capacity" || class == "no_offering", &e);
+                self.events.launch_failed(
+                    &claim,
+                    class == "insufficient_capacity" || class == "no_offering",
+                    &e,
+                );
                 warn!(nodeclaim = %name, error = %e, "Provisioning failed");
                 // Nothing was launched: drop the finalizer with the claim.
                 let _ = api
@@ -988,12 +995,18 @@ async fn remove_finalizer(client: &Client, name: &str) -> Result<(), Error> {
     if !finalizers.iter().any(|f| f == TERMINATION_FINALIZER) {
         return Ok(());
     }
-    let rest: Vec<&String> = finalizers.iter().filter(|f| *f != TERMINATION_FINALIZER).collect();
+    let rest: Vec<&String> = finalizers
+        .iter()
+        .filter(|f| *f != TERMINATION_FINALIZER)
+        .collect();
     let patch = json!({"metadata": {
         "finalizers": rest,
         "resourceVersion": claim.metadata.resource_version,
     }});
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await {
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(api_err(format!("removing the finalizer of {name}"))(e)),
