@@ -184,26 +184,13 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::allocatable::AllocatableModel;
-    use crate::catalog::synthetic_type;
     use crate::clock::FixedClock;
-    use crate::instance_type::Offering;
     use crate::requirements::{Operator, Requirement};
 
     use CapacityType::{OnDemand, Spot};
 
     fn option(name: &str, offers: &[(&str, CapacityType, f64)]) -> Arc<InstanceTypeOption> {
-        let t = Arc::new(synthetic_type(name, 2, 8192).unwrap());
-        let offerings = offers
-            .iter()
-            .map(|(z, ct, p)| Offering {
-                zone: (*z).to_owned(),
-                capacity_type: *ct,
-                price: *p,
-                available: true,
-            })
-            .collect();
-        Arc::new(InstanceTypeOption::new(t, &AllocatableModel::default(), offerings).unwrap())
+        Arc::new(InstanceTypeOption::synthetic(name, 2, 8192, offers).unwrap())
     }
 
     fn cache() -> UnavailableOfferings {

@@ -244,12 +244,9 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
-    use spot_core::allocatable::AllocatableModel;
-    use spot_core::catalog::synthetic_type;
     use spot_core::clock::FixedClock;
     use spot_core::cloud::AllocationStrategy;
     use spot_core::cloud::{Error as CloudError, FleetResult};
-    use spot_core::instance_type::Offering;
     use spot_core::labels;
     use spot_core::requirements::{Operator, Requirement};
     use time::OffsetDateTime;
@@ -257,17 +254,7 @@ mod tests {
     use super::*;
 
     fn option(name: &str, vcpus: u32, offers: &[(&str, CapacityType, f64)]) -> Arc<InstanceTypeOption> {
-        let t = Arc::new(synthetic_type(name, vcpus, u64::from(vcpus) * 4096).unwrap());
-        let offerings = offers
-            .iter()
-            .map(|(z, ct, p)| Offering {
-                zone: (*z).to_owned(),
-                capacity_type: *ct,
-                price: *p,
-                available: true,
-            })
-            .collect();
-        Arc::new(InstanceTypeOption::new(t, &AllocatableModel::default(), offerings).unwrap())
+        Arc::new(InstanceTypeOption::synthetic(name, vcpus, u64::from(vcpus) * 4096, offers).unwrap())
     }
 
     fn cache() -> UnavailableOfferings {

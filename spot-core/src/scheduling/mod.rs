@@ -64,6 +64,9 @@ pub enum Error {
     /// The instance type's labels cannot be derived.
     #[error(transparent)]
     Labels(#[from] crate::labels::Error),
+    /// A synthetic instance type's name does not parse.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::Error),
 }
 
 /// Whether soft constraints count.

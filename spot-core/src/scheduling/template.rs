@@ -92,6 +92,29 @@ impl InstanceTypeOption {
         })
     }
 
+    /// An option over a [`synthetic_type`](crate::catalog::synthetic_type) with `vcpus` and
+    /// `memory_mib`, sold through `offerings` given as (zone, capacity type, price per hour),
+    /// all available, with the default [`AllocatableModel`]: a compact fixture for tests,
+    /// examples and simulations.
+    pub fn synthetic(
+        name: &str,
+        vcpus: u32,
+        memory_mib: u64,
+        offerings: &[(&str, CapacityType, f64)],
+    ) -> Result<InstanceTypeOption, Error> {
+        let instance_type = crate::catalog::synthetic_type(name, vcpus, memory_mib)?;
+        let offerings = offerings
+            .iter()
+            .map(|&(zone, capacity_type, price)| Offering {
+                zone: zone.to_owned(),
+                capacity_type,
+                price,
+                available: true,
+            })
+            .collect();
+        InstanceTypeOption::new(Arc::new(instance_type), &AllocatableModel::default(), offerings)
+    }
+
     /// The instance type's name.
     pub fn name(&self) -> &str {
         &self.instance_type.name

@@ -276,10 +276,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spot_core::allocatable::AllocatableModel;
-    use spot_core::catalog::synthetic_type;
     use spot_core::clock::Clock;
-    use spot_core::instance_type::Offering;
     use spot_core::labels;
     use spot_core::requirements::{Operator, Requirement};
     use time::OffsetDateTime;
@@ -293,23 +290,7 @@ mod tests {
     }
 
     fn option(name: &str, offers: &[(&str, CapacityType, f64)]) -> Arc<InstanceTypeOption> {
-        let offerings = offers
-            .iter()
-            .map(|(zone, capacity_type, price)| Offering {
-                zone: (*zone).to_owned(),
-                capacity_type: *capacity_type,
-                price: *price,
-                available: true,
-            })
-            .collect();
-        Arc::new(
-            InstanceTypeOption::new(
-                Arc::new(synthetic_type(name, 2, 8192).unwrap()),
-                &AllocatableModel::default(),
-                offerings,
-            )
-            .unwrap(),
-        )
+        Arc::new(InstanceTypeOption::synthetic(name, 2, 8192, offers).unwrap())
     }
 
     #[test]
