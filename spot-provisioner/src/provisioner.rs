@@ -54,6 +54,15 @@ pub enum Error {
     /// A setting is invalid.
     #[error(transparent)]
     Batch(#[from] crate::batcher::Error),
+    /// The node of a deleted NodeClaim is not drained yet (PodDisruptionBudgets, pods still
+    /// terminating); its instance is kept and the drain retried.
+    #[error("node {node} not drained yet, instance kept: {message}")]
+    Drain {
+        /// The node.
+        node: String,
+        /// Why the drain did not finish.
+        message: String,
+    },
 }
 
 /// The finalizer that keeps a NodeClaim until its instance is terminated.
@@ -767,7 +776,9 @@ impl Provisioner {
         for claim in &snapshot.claims {
             let name = claim.name_any();
             if claim.metadata.deletion_timestamp.is_some() {
-                self.spawn_termination(claim.clone(), snapshot.node_of(claim).map(|n| n.name_any()));
+                let node = snapshot.node_of(claim);
+                let overrides = drain_override(claim, node, now);
+                self.spawn_termination(claim.clone(), node.map(|n| n.name_any()), overrides);
                 continue;
             }
             let launched = Snapshot::claim_is(claim, conditions::LAUNCHED);
@@ -898,7 +909,7 @@ impl Provisioner {
         Ok(())
     }
 
-    fn spawn_termination(&self, claim: NodeClaim, node: Option<String>) {
+    fn spawn_termination(&self, claim: NodeClaim, node: Option<String>, overrides: Option<&'static str>) {
         let name = claim.name_any();
         if !self
             .terminating
@@ -923,6 +934,7 @@ impl Provisioner {
                 &claim,
                 node.as_deref(),
                 &drain,
+                overrides,
             )
             .await;
             match &r {
@@ -936,8 +948,36 @@ impl Provisioner {
     }
 }
 
+/// Why a deleted NodeClaim's instance may be terminated although its drain did not finish
+/// (pods blocked by a PodDisruptionBudget, or still terminating), if it may: the instance is
+/// being reclaimed by EC2 anyway (an interruption), its `terminationGracePeriod` is over (the
+/// disruption controller force-deletes the pods by then, as Karpenter), or the node is not
+/// Ready (its pods cannot finish terminating). Otherwise the drain is retried on the next
+/// pass and the instance kept, as Karpenter keeps draining: PodDisruptionBudgets hold.
+fn drain_override(claim: &NodeClaim, node: Option<&Node>, now: time::OffsetDateTime) -> Option<&'static str> {
+    if crate::disruption::orchestrate::Record::of(claim)
+        .is_some_and(|r| r.reason == crate::interruption::INTERRUPTED)
+    {
+        return Some("the instance is being reclaimed (interrupted)");
+    }
+    if let (Some(deleted), Some(tgp)) = (
+        claim.metadata.deletion_timestamp.as_ref(),
+        claim.spec.termination_grace_period,
+    ) && let Ok(tgp) = time::Duration::try_from(tgp.get())
+        && crate::disruption::state::offset_time(deleted) + tgp <= now
+    {
+        return Some("its terminationGracePeriod is over");
+    }
+    if node.is_some_and(|n| !spot_k8s::convert::node_ready(n)) {
+        return Some("the node is not Ready");
+    }
+    None
+}
+
 /// Drains the node of a deleted NodeClaim (taint `karpenter.sh/disrupted:NoSchedule`, cordon,
-/// evict), terminates its instance, deletes the Node and removes the finalizer.
+/// evict), terminates its instance, deletes the Node and removes the finalizer. A drain that
+/// does not finish stops here (the finalizer stays and the next pass retries) unless
+/// `overrides` says why the instance may go anyway (see [`drain_override`]).
 async fn terminate(
     client: &Client,
     cloud: &dyn CloudProvider,
@@ -945,6 +985,7 @@ async fn terminate(
     claim: &NodeClaim,
     node: Option<&str>,
     drain: &DrainOptions,
+    overrides: Option<&'static str>,
 ) -> Result<(), Error> {
     let name = claim.name_any();
     if let Some(node) = node {
@@ -958,7 +999,15 @@ async fn terminate(
         }
         match actions.drain(node, drain).await {
             Ok(report) => info!(node, evicted = report.evicted.len(), "drained"),
-            Err(e) => warn!(node, error = %e, "drain incomplete; terminating anyway at the grace deadline"),
+            Err(e) => match overrides {
+                Some(why) => warn!(node, error = %e, "drain incomplete; terminating anyway: {why}"),
+                None => {
+                    return Err(Error::Drain {
+                        node: node.to_owned(),
+                        message: e.to_string(),
+                    });
+                }
+            },
         }
     }
     if let Some(pid) = claim.status.as_ref().and_then(|s| s.provider_id.as_deref())
