@@ -286,7 +286,15 @@ async fn taints_keep_intolerant_pods_off_and_tolerations_let_pods_on() {
         assert!(tainted(n), "{} runs on untainted {}", p.name_any(), n.name_any());
     }
     for (p, n) in of_app(&placed, "web") {
-        assert_eq!(label(n, labels::NODE_POOL), "general", "{}", p.name_any());
+        assert_eq!(
+            label(n, labels::NODE_POOL),
+            "general",
+            "{} on {}: taints {:?}, labels {:?}",
+            p.name_any(),
+            n.name_any(),
+            n.spec.as_ref().and_then(|s| s.taints.as_ref()),
+            n.metadata.labels
+        );
         assert!(!tainted(n), "{} runs on tainted {}", p.name_any(), n.name_any());
     }
     // Every node of the tainted pool carries the taint (synced at registration).

@@ -106,13 +106,18 @@ async fn spot_capacity_errors_fall_back_to_on_demand_within_one_loop() {
         labels.get("karpenter.sh/capacity-type").map(String::as_str),
         Some("on-demand")
     );
-    let metrics = env.metrics();
-    assert!(
-        metrics.contains(
-            r#"spot_provisioner_nodeclaims_launched_total{nodepool="default",reason="on-demand"} 1"#
-        ),
-        "{metrics}"
-    );
+    // The launch is counted once the call returns, which can be just after the claim's
+    // labels are written: poll.
+    let launched = r#"spot_provisioner_nodeclaims_launched_total{nodepool="default",reason="on-demand"} 1"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = env.metrics();
+        if metrics.contains(launched) || tokio::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(metrics.contains(launched), "{metrics}");
     assert!(
         !metrics.contains("spot_provisioner_nodeclaims_failed_total{"),
         "{metrics}"

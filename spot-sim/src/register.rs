@@ -45,7 +45,7 @@ use spot_core::node::Taint;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use crate::cloud::InstanceObserver;
+use crate::cloud::{InstanceObserver, TAG_NODECLAIM};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -324,10 +324,19 @@ impl KubeRegistrar {
         extra_labels: &BTreeMap<String, String>,
         taints: &[Taint],
     ) -> Result<(), Error> {
-        let node = self.node_object(instance, instance_type, extra_labels, taints)?;
         let name = instance.private_dns_name.clone();
         lock(&self.inner.nodes).insert(instance.id.clone(), name.clone());
         tokio::time::sleep(self.config.registration_delay).await;
+        // The kubelet registers with the taints its user data names, and Karpenter renders
+        // the user data from the NodeClaim: take the claim's taints and startup taints, so no
+        // pod can land on the Node before a controller syncs them.
+        let mut taints = taints.to_vec();
+        for t in self.claim_taints(instance).await {
+            if !taints.iter().any(|have| have.same_slot(&t)) {
+                taints.push(t);
+            }
+        }
+        let node = self.node_object(instance, instance_type, extra_labels, &taints)?;
         let api: Api<Node> = Api::all(self.client.clone());
         api.create(&PostParams::default(), &node)
             .await
@@ -338,6 +347,31 @@ impl KubeRegistrar {
             })?;
         tokio::time::sleep(self.config.ready_delay).await;
         self.set_ready(&name).await
+    }
+
+    /// The taints and startup taints of the NodeClaim the instance's [`TAG_NODECLAIM`] tag
+    /// names (`karpenter.sh/v1`), or none when there is no such tag, claim or CRD.
+    async fn claim_taints(&self, instance: &Instance) -> Vec<Taint> {
+        let Some(claim) = instance.tags.get(TAG_NODECLAIM) else {
+            return Vec::new();
+        };
+        let resource = kube::api::ApiResource {
+            group: "karpenter.sh".into(),
+            version: "v1".into(),
+            api_version: "karpenter.sh/v1".into(),
+            kind: "NodeClaim".into(),
+            plural: "nodeclaims".into(),
+        };
+        let api: Api<kube::api::DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        let Ok(Some(claim)) = api.get_opt(claim).await else {
+            return Vec::new();
+        };
+        ["taints", "startupTaints"]
+            .iter()
+            .filter_map(|field| claim.data.pointer(&format!("/spec/{field}")))
+            .filter_map(|list| serde_json::from_value::<Vec<Taint>>(list.clone()).ok())
+            .flatten()
+            .collect()
     }
 
     /// Sets a Node's conditions to the kubelet's Ready ones.
