@@ -16,7 +16,7 @@ use spot_core::resources::Resources;
 use spot_core::scheduling::{InstanceTypeOption, NODES_LIMIT, NodePoolTemplate};
 use spot_core::select::ZoneAvailability;
 
-use crate::api::{NodePool, SpotNodeClass};
+use crate::api::{NodeClaim, NodePool, RequirementOperator, SpotNodeClass};
 use crate::cluster::Snapshot;
 
 /// Errors of building templates.
@@ -131,7 +131,12 @@ impl InstanceCatalog {
 }
 
 /// What a NodePool already uses: capacity of its nodes and in-flight claims, and their count.
-pub fn usage(snapshot: &Snapshot, pool: &str) -> Resources {
+///
+/// A claim not launched yet counts as the largest capacity among the instance types it lists
+/// (per resource, Karpenter's "subtract max"), so a loop that runs before the launch is
+/// recorded cannot push the pool over its limits whichever type EC2 then picks. Without a
+/// known type it counts as its requests.
+pub fn usage(snapshot: &Snapshot, pool: &str, catalog: &InstanceCatalog) -> Resources {
     let mut used = Resources::default();
     let mut nodes = 0;
     let parse = |m: &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
@@ -158,10 +163,29 @@ pub fn usage(snapshot: &Snapshot, pool: &str) -> Resources {
             .as_ref()
             .filter(|s| !s.capacity.is_empty())
             .map(|s| parse(&s.capacity))
+            .or_else(|| largest_listed(c, catalog))
             .unwrap_or_else(|| c.requests().unwrap_or_default());
         used = used.checked_add(&cap).unwrap_or(used);
     }
     used.with_extended(NODES_LIMIT, nodes)
+}
+
+/// The per-resource maximum capacity of the catalog types a claim's
+/// `node.kubernetes.io/instance-type In` requirement lists, if it lists any the catalog knows.
+fn largest_listed(claim: &NodeClaim, catalog: &InstanceCatalog) -> Option<Resources> {
+    let listed: std::collections::HashSet<&str> = claim
+        .spec
+        .requirements
+        .iter()
+        .filter(|r| r.key == labels::INSTANCE_TYPE && r.operator == RequirementOperator::In)
+        .flat_map(|r| r.values.iter().map(String::as_str))
+        .collect();
+    catalog
+        .types
+        .iter()
+        .filter(|t| listed.contains(t.name.as_str()))
+        .map(|t| catalog.model.capacity_resources(t))
+        .reduce(|a, b| a.max(&b))
 }
 
 /// The template of one NodePool.
@@ -222,7 +246,13 @@ pub fn templates(
             ));
             continue;
         }
-        match template(pool, class, catalog, unavailable, &usage(snapshot, &name)) {
+        match template(
+            pool,
+            class,
+            catalog,
+            unavailable,
+            &usage(snapshot, &name, catalog),
+        ) {
             Ok(t) => ok.push(t),
             Err(e) => bad.push((name, e.to_string())),
         }

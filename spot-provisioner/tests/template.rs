@@ -306,7 +306,7 @@ fn usage_counts_nodes_and_unregistered_claims_of_the_pool() {
         nodeclasses: vec![class(&["us-east-1a"], json!(null))],
         ..Snapshot::default()
     };
-    let used = usage(&snapshot, "general");
+    let used = usage(&snapshot, "general", &catalog());
     assert_eq!(
         used.cpu_millis, 5000,
         "node n1 (2) and the claim not yet a node (3)"
@@ -338,4 +338,34 @@ fn invalid_pools_and_missing_classes_are_reported_apart() {
         "{reasons:?}"
     );
     assert!(reasons["elsewhere"].contains("missing"), "{reasons:?}");
+}
+
+#[test]
+fn an_unlaunched_claim_counts_as_the_largest_type_it_lists() {
+    let claim = |name: &str, types: serde_json::Value| -> NodeClaim {
+        serde_json::from_value(json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+            "metadata": {"name": name, "labels": {"karpenter.sh/nodepool": "general"}},
+            "spec": {"requirements": [{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": types}],
+                     "nodeClassRef": {"group": "spot.dev", "kind": "SpotNodeClass", "name": "default"},
+                     "resources": {"requests": {"cpu": "3", "memory": "1Gi"}}}}))
+        .unwrap()
+    };
+    let snapshot = Snapshot {
+        claims: vec![
+            claim("general-a", json!(["m5.large", "m5.xlarge"])),
+            // Types the catalog does not know: the requests count.
+            claim("general-b", json!(["nope.large"])),
+        ],
+        nodepools: vec![pool(json!({"limits": {"cpu": "10"}}))],
+        ..Snapshot::default()
+    };
+    let used = usage(&snapshot, "general", &catalog());
+    // m5.xlarge has 4 vCPU and 16 GiB: whichever listed type EC2 picks fits in that.
+    assert_eq!(used.cpu_millis, 4000 + 3000);
+    let catalog = catalog();
+    let xlarge = catalog.types.iter().find(|t| t.name == "m5.xlarge").unwrap();
+    // The node's memory capacity, as the allocatable model reports it (less the VM overhead).
+    let capacity = catalog.model.capacity_resources(xlarge).memory_bytes;
+    assert_eq!(used.memory_bytes, capacity + (1 << 30));
+    assert_eq!(used.extended(NODES_LIMIT), 2);
 }

@@ -418,7 +418,9 @@ impl TemplateCache {
                 .iter()
                 .find(|p| p.metadata.name.as_deref() == Some(t.name.as_str()));
             if let Some(limits) = pool.and_then(|p| p.limits().ok()) {
-                t.limits = limits.map(|l| l.saturating_sub(&crate::template::usage(snapshot, &t.name)));
+                t.limits = limits.map(|l| {
+                    l.saturating_sub(&crate::template::usage(snapshot, &t.name, &provisioner.catalog()))
+                });
             }
         }
         (templates, entry.errors.clone())
