@@ -14,8 +14,7 @@ use aws_sdk_ec2::types::{InstanceType, RequestLaunchTemplateData};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use serde_json::json;
-use spot_k8s::sim::{Sim, SimConfig};
-use spot_provisioner::api::{NodeClaim, NodePool, SpotNodeClass};
+use spot_provisioner::api::{NodeClaim, NodePool};
 
 use common::{apply, claims, default_pool, deployment, wait_for};
 
@@ -85,34 +84,10 @@ async fn run_reads_the_ec2_catalog_and_launches_pending_pods_with_create_fleet()
     let zones = ["us-east-1a", "us-east-1b"];
     let (subnets, template) = ec2_setup(&ec2, &zones).await;
 
-    let running = Sim::new(SimConfig {
-        kubelet: true,
-        scheduler: true,
-        replicaset_controller: true,
-        ..SimConfig::default()
-    })
-    .start("127.0.0.1:0".parse().unwrap())
-    .await
-    .expect("start spot-kube-sim");
+    let (running, client) = common::cluster(&zones).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     running.write_kubeconfig(&kubeconfig).unwrap();
-    let mut config = kube::Config::new(running.url().parse().unwrap());
-    config.default_retry = false;
-    let client = kube::Client::try_from(config).unwrap();
-    let crds: kube::Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = kube::Api::all(client.clone());
-    for (_, crd) in spot_provisioner::api::crds() {
-        crds.create(&Default::default(), &crd).await.expect("CRD");
-    }
-    let class_zones: Vec<serde_json::Value> = zones.iter().map(|z| json!({"zone": z})).collect();
-    apply::<SpotNodeClass>(
-        &client,
-        json!({"apiVersion": "spot.dev/v1", "kind": "SpotNodeClass", "metadata": {"name": "default"},
-               "spec": {"zones": class_zones}}),
-    )
-    .await;
     apply::<NodePool>(
         &client,
         json!({"apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": {"name": "default"},

@@ -104,16 +104,9 @@ pub fn sim_cloud(seed: u64) -> SimCloud {
     .unwrap()
 }
 
-/// A cluster with the CRDs, the node class `default` in [`ZONES`] and one NodePool per
-/// `(name, spec)`; `cloud` registers what it launches as Nodes; the provisioner runs with
-/// `settings`.
-pub async fn start(cloud: SimCloud, nodepools: &[(&str, serde_json::Value)], settings: Settings) -> Env {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPOT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+/// spot-kube-sim with its scheduler, kubelet and ReplicaSet controller, the provisioner's
+/// CRDs and the node class `default` in `zones`, and a client without kube's retries.
+pub async fn cluster(zones: &[&str]) -> (RunningSim, Client) {
     let running = Sim::new(SimConfig {
         kubelet: true,
         scheduler: true,
@@ -130,13 +123,27 @@ pub async fn start(cloud: SimCloud, nodepools: &[(&str, serde_json::Value)], set
     for (_, crd) in spot_provisioner::api::crds() {
         crds.create(&PostParams::default(), &crd).await.expect("CRD");
     }
-    let zones: Vec<serde_json::Value> = ZONES.iter().map(|z| json!({"zone": z})).collect();
+    let zones: Vec<serde_json::Value> = zones.iter().map(|z| json!({"zone": z})).collect();
     apply::<SpotNodeClass>(
         &client,
         json!({"apiVersion": "spot.dev/v1", "kind": "SpotNodeClass", "metadata": {"name": "default"},
                "spec": {"zones": zones}}),
     )
     .await;
+    (running, client)
+}
+
+/// A cluster with the CRDs, the node class `default` in [`ZONES`] and one NodePool per
+/// `(name, spec)`; `cloud` registers what it launches as Nodes; the provisioner runs with
+/// `settings`.
+pub async fn start(cloud: SimCloud, nodepools: &[(&str, serde_json::Value)], settings: Settings) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPOT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let (running, client) = cluster(&ZONES).await;
     for (name, spec) in nodepools {
         apply::<NodePool>(
             &client,
